@@ -1,0 +1,16 @@
+"""`fieldlink cloud …`: each subcommand is its own module, imported only when asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from edge.cli import dispatch
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check-config": ("cloud.checkconfig:main", "validate cloud.yaml and exit"),
+}
+
+
+def main(argv: Sequence[str]) -> int:
+    return dispatch("fieldlink cloud", "The cloud tier: ingest, sinks, archive, dashboards.",
+                    COMMANDS, argv)

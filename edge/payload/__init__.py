@@ -1,0 +1,6 @@
+"""Sensor payloads: the bytes one sensor sends for one (or a few) readings.
+
+`encode` turns readings into the seed's sensor message (JSON or msgpack) — the simulator and
+tests use it.  `decode` (the only place sensor bytes become `Reading`s) parses JSON, msgpack,
+CBOR and bare numbers, validates, corrects clock skew and flags it.
+"""
