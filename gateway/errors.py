@@ -1,0 +1,47 @@
+"""Errors of the gateway, classified by what the caller should do.
+
+    edge.errors.FieldlinkError
+    ├── RetriableError ── BufferBusy          the buffer could not commit in time; retry
+    │                  └── UplinkUnavailable   the cloud did not answer / answered 5xx
+    ├── FatalError ────── BufferCorrupt       the SQLite file failed its integrity check
+    │                  ├── Unauthorized        bad credentials or an ACL refusal
+    │                  └── (edge) ValidationError, PayloadError, DecodeError, ConfigError
+    └── PartialError                           some readings of a batch were rejected
+
+Ingress code turns every FatalError about input into a dead letter with `err.reason`.
+"""
+
+from __future__ import annotations
+
+from edge.errors import (
+    ConfigError,
+    DecodeError,
+    FatalError,
+    FieldlinkError,
+    PartialError,
+    PayloadError,
+    RetriableError,
+    ValidationError,
+)
+
+__all__ = [
+    "BufferBusy", "BufferCorrupt", "ConfigError", "DecodeError", "FatalError", "FieldlinkError",
+    "PartialError", "PayloadError", "RetriableError", "Unauthorized", "UplinkUnavailable",
+    "ValidationError",
+]
+
+
+class BufferBusy(RetriableError):
+    reason = "buffer_busy"
+
+
+class BufferCorrupt(FatalError):
+    reason = "buffer_corrupt"
+
+
+class Unauthorized(FatalError):
+    reason = "unauthorized"
+
+
+class UplinkUnavailable(RetriableError):
+    reason = "uplink_unavailable"
