@@ -5,6 +5,8 @@
     │                  └── UplinkUnavailable   the cloud did not answer / answered 5xx
     ├── FatalError ────── BufferCorrupt       the SQLite file failed its integrity check
     │                  ├── Unauthorized        bad credentials or an ACL refusal
+    │                  ├── ProtocolViolation   an MQTT client broke the protocol; it is
+    │                  │                       disconnected and `reason` counted
     │                  └── (edge) ValidationError, PayloadError, DecodeError, ConfigError
     └── PartialError                           some readings of a batch were rejected
 
@@ -45,3 +47,15 @@ class Unauthorized(FatalError):
 
 class UplinkUnavailable(RetriableError):
     reason = "uplink_unavailable"
+
+
+class ProtocolViolation(FatalError):
+    """An MQTT client sent something the protocol forbids (malformed or oversize packet,
+    unknown packet type, wrong packet order).  The broker closes that connection, counts
+    `reason` (`malformed_packet`, `oversize_frame`, `unknown_packet_type`, `bad_utf8`,
+    `protocol_violation`, ...) and keeps serving everyone else."""
+
+    reason = "protocol_violation"
+
+
+__all__ += ["ProtocolViolation"]
