@@ -8,13 +8,13 @@ ingress never parses a payload):
 =========================  ================================  =================================
 Content-Format             hint (`Origin.content_type`)      what the decoder does with it
 =========================  ================================  =================================
-absent                     None                              sniffs JSON / msgpack / number
-0   text/plain             "text/plain"                      bare number or JSON (sniffed)
+absent                     None                              sniffs: JSON, msgpack, number
+0   text/plain             "text/plain"                      the same (a bare number, JSON)
 50  application/json       "application/json"                JSON object or array
 60  application/cbor       "application/cbor"                CBOR map or array
 configured (65001)         "application/msgpack"             msgpack map or array
-any other registered       its media type                    the decoder refuses what it
-any other number           "application/x-coap-cf-<n>"       cannot read (dead letter)
+any other registered       its media type                    refused if it cannot read it
+any other number           "application/x-coap-cf-<n>"       (`unknown_encoding`: 4.15)
 =========================  ================================  =================================
 
 msgpack has no registered CoAP Content-Format and aiocoap 0.4.17 knows none, so the number
@@ -83,6 +83,8 @@ _REASON_CODES: dict[str, Code] = {
     "device_mismatch": Code.FORBIDDEN,
     "unauthorized": Code.UNAUTHORIZED,
     "oversize": Code.REQUEST_ENTITY_TOO_LARGE,
+    # the decoder's reason for a content type it does not read
+    "unknown_encoding": Code.UNSUPPORTED_CONTENT_FORMAT,
     "unsupported_content_type": Code.UNSUPPORTED_CONTENT_FORMAT,
     "unsupported_content_format": Code.UNSUPPORTED_CONTENT_FORMAT,
 }
@@ -92,8 +94,9 @@ def code_for_rejection(reason: str) -> Code:
     """The response code for a payload the pipeline refused with `reason`.
 
     `unknown_device` (the device policy says reject) and `device_mismatch` (the payload names
-    another device than the resource) are 4.03, `unauthorized` 4.01, `oversize` 4.13, an
-    unsupported content type 4.15; every other reason (malformed, invalid, …) is 4.00.
+    another device than the resource) are 4.03, `unauthorized` 4.01, `oversize` 4.13, a
+    content type the decoder does not read (`unknown_encoding`) 4.15; every other reason
+    (malformed, invalid, …) is 4.00.
     """
     return _REASON_CODES.get(reason, Code.BAD_REQUEST)
 

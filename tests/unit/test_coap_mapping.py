@@ -33,6 +33,7 @@ def test_msgpack_content_format_is_configurable() -> None:
     ("unknown_device", Code.FORBIDDEN), ("device_mismatch", Code.FORBIDDEN),
     ("unauthorized", Code.UNAUTHORIZED), ("oversize", Code.REQUEST_ENTITY_TOO_LARGE),
     ("unsupported_content_type", Code.UNSUPPORTED_CONTENT_FORMAT),
+    ("unknown_encoding", Code.UNSUPPORTED_CONTENT_FORMAT),
     ("malformed_payload", Code.BAD_REQUEST), ("missing_field", Code.BAD_REQUEST),
     ("something_new", Code.BAD_REQUEST)])
 def test_rejection_codes(reason: str, code: Code) -> None:
