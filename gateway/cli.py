@@ -10,6 +10,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("gateway.app:main", "run the gateway (broker, CoAP, serial, buffer, alerts, uplink)"),
     "check-config": ("gateway.checkconfig:main", "validate gateway.yaml / rules.yaml and exit"),
     "devices": ("gateway.auth.cli:main", "manage sensor and operator credentials"),
+    "queue": ("gateway.buffer.cli:main", "inspect and manage the store-and-forward buffer"),
 }
 
 

@@ -1,0 +1,546 @@
+"""The synchronous core of the buffer: one SQLite connection, explicit transactions.
+
+`Store` is used by exactly one thread at a time: the writer thread of `Buffer` in the gateway,
+or the operator CLI in its own process.  Every mutating method must run inside
+`begin()`..`commit()`; in-memory mirrors (row counts, counters, interned series) change only
+when the transaction commits, and are reloaded when another process committed in between
+(`PRAGMA data_version`), so a CLI purge next to a running gateway keeps both consistent.
+
+Callers pass `now` (ms) explicitly; the core never reads a clock on its own, except the
+writer's maintenance which passes the clock's time.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from edge.clock import Clock
+from edge.model import Event, Priority, Reading
+from gateway.buffer import space
+from gateway.buffer.results import CLASS_NAMES, AppendResult, BufferStats, DeadLetter
+from gateway.buffer.rows import (
+    EVENT_COLS,
+    INSERT_EVENT,
+    INSERT_READING,
+    READING_COLS,
+    Series,
+    decode_event,
+    decode_reading,
+    event_row,
+    reading_rows,
+)
+from gateway.buffer.schema import SCHEMA_VERSION, connect
+from gateway.buffer.settings import BufferSettings, Synchronous
+
+RAW, AGG, ALERT = int(Priority.RAW), int(Priority.AGGREGATE), int(Priority.ALERT)
+_CLASS = {int(p): name for p, name in CLASS_NAMES.items()}
+
+
+@dataclass
+class State:
+    """In-memory mirror of what the file holds; the committed copy is always consistent."""
+
+    rows: dict[int, int] = field(default_factory=lambda: {RAW: 0, AGG: 0, ALERT: 0})
+    claimed: int = 0
+    claims: int = 0
+    seen: int = 0
+    deadletters: int = 0
+    next_seq: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def copy(self) -> State:
+        return replace(self, rows=dict(self.rows), counters=dict(self.counters))
+
+
+@dataclass
+class Timings:
+    commits: int = 0
+    sync_commits: int = 0
+    checkpoints: int = 0
+    commit_ms_last: float = 0.0
+    commit_ms_total: float = 0.0
+    commit_ms_max: float = 0.0
+    group_last: int = 0
+    group_total: int = 0
+
+
+class Store:
+    def __init__(self, conn: sqlite3.Connection, settings: BufferSettings, clock: Clock) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.clock = clock
+        self.series = Series()
+        self.state = State()
+        self._tx: State | None = None
+        self._dirty: set[str] = set()
+        self._fsync_switched = False
+        self.page_size: int = conn.execute("PRAGMA page_size").fetchone()[0]
+        #: bytes a raw reading occupies on average (table + indexes), learnt from inserts
+        self.row_bytes_est = 130.0
+        self._learn_pages = 0
+        self._learn_rows = 0
+        self._used_before = 0
+        #: raw rows from this id on were inserted by the open transaction: never evicted by it
+        self.tx_raw_floor: int | None = None
+        self.db_pages = 0
+        self.free_pages = 0
+        self.wal_bytes = 0
+        self.oldest_rx: int | None = None
+        self._oldest_dirty = True
+        self.timings = Timings()
+        self._data_version = -1
+        self.load()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, settings: BufferSettings, clock: Clock, *, create: bool = True) -> Store:
+        conn = connect(settings, now_ms=clock.now_ms(), create=create)
+        try:
+            return cls(conn, settings, clock)
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self, *, checkpoint: bool = True) -> None:
+        if self._tx is not None:
+            self.rollback()
+        try:
+            if checkpoint:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.conn.execute("PRAGMA optimize")
+        finally:
+            self.conn.close()
+
+    def load(self) -> None:
+        """(Re)build every in-memory mirror from the file."""
+        c = self.conn
+        self.series.load(c)
+        st = State()
+        st.rows[RAW] = c.execute("SELECT count(*) FROM readings").fetchone()[0]
+        for prio, n in c.execute("SELECT prio, count(*) FROM events GROUP BY prio"):
+            st.rows[prio] = n
+        st.claimed = (
+            c.execute("SELECT count(*) FROM readings WHERE claim_id IS NOT NULL").fetchone()[0]
+            + c.execute("SELECT count(*) FROM events WHERE claim_id IS NOT NULL").fetchone()[0])
+        st.claims = c.execute("SELECT count(*) FROM claims").fetchone()[0]
+        st.seen = c.execute("SELECT count(*) FROM seen").fetchone()[0]
+        st.deadletters = c.execute("SELECT count(*) FROM deadletter").fetchone()[0]
+        st.next_seq = c.execute("SELECT value FROM meta WHERE name = 'next_seq'").fetchone()[0]
+        st.counters = dict(c.execute("SELECT name, value FROM counters"))
+        self.state = st
+        self._oldest_dirty = True
+        self.refresh_sizes()
+        self._data_version = c.execute("PRAGMA data_version").fetchone()[0]
+
+    # -- transactions ------------------------------------------------------------------------
+    @property
+    def tx(self) -> State:
+        if self._tx is None:
+            raise RuntimeError("buffer store: not inside a transaction")
+        return self._tx
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._tx is not None
+
+    def begin(self, *, fsync: bool = False) -> None:
+        """BEGIN IMMEDIATE.  `fsync` forces synchronous=FULL for this commit (claims)."""
+        if self._tx is not None:
+            raise RuntimeError("buffer store: transaction already open")
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self.load()  # another process (the operator CLI) committed since our last look
+        if fsync and self.settings.synchronous != Synchronous.FULL:
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self._fsync_switched = True
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._tx = self.state.copy()
+        self._dirty.clear()
+        self.tx_raw_floor = None
+
+    def commit(self) -> None:
+        tx = self.tx
+        if self._dirty:
+            self.conn.executemany(
+                "INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE"
+                " SET value = value + excluded.value",
+                [(name, tx.counters[name] - self.state.counters.get(name, 0))
+                 for name in self._dirty])
+        self.conn.execute("COMMIT")
+        synced = self._fsync_switched or self.settings.synchronous == Synchronous.FULL
+        self._restore_sync()
+        self.state = tx
+        self._tx = None
+        self._dirty.clear()
+        self.series.committed()
+        self.timings.commits += 1
+        self.timings.sync_commits += synced
+        # our own commits change data_version only for other connections
+        self._data_version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def rollback(self) -> None:
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        finally:
+            self._restore_sync()
+            self._tx = None
+            self._dirty.clear()
+            self.series.rolled_back()
+            self._oldest_dirty = True
+
+    def _restore_sync(self) -> None:
+        if self._fsync_switched:
+            self._fsync_switched = False
+            self.conn.execute(f"PRAGMA synchronous={Synchronous(self.settings.synchronous).value}")
+
+    @contextmanager
+    def transaction(self, *, fsync: bool = False) -> Iterator[Store]:
+        self.begin(fsync=fsync)
+        try:
+            yield self
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+        self.after_commit()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Undo only this part of the transaction if it raises (in-memory mirrors included)."""
+        saved = self.tx.copy()
+        dirty = set(self._dirty)
+        self.conn.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO part")
+            self.conn.execute("RELEASE part")
+            self._tx = saved
+            self._dirty = dirty
+            raise
+        self.conn.execute("RELEASE part")
+
+    def bump(self, name: str, n: int = 1) -> None:
+        if n:
+            counters = self.tx.counters
+            counters[name] = counters.get(name, 0) + n
+            self._dirty.add(name)
+
+    def after_commit(self) -> None:
+        """Keep the WAL within its allowance and refresh the sizes `stats()` shows."""
+        self.refresh_sizes()
+        if self.wal_bytes > self.settings.wal_limit:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.timings.checkpoints += 1
+            self.refresh_sizes()
+
+    def refresh_sizes(self) -> None:
+        self.db_pages, self.free_pages = space.pages(self.conn)
+        try:
+            self.wal_bytes = os.stat(self.settings.path + "-wal").st_size
+        except FileNotFoundError:
+            self.wal_bytes = 0
+        if self._oldest_dirty:
+            self.oldest_rx = self._query_oldest_rx()
+            self._oldest_dirty = False
+
+    def _query_oldest_rx(self) -> int | None:
+        row = self.conn.execute("SELECT rx_ms FROM readings ORDER BY id LIMIT 1").fetchone()
+        ev = self.conn.execute("SELECT min(rx_ms) FROM events").fetchone()[0]
+        candidates = [v for v in (row[0] if row else None, ev) if v is not None]
+        return min(candidates) if candidates else None
+
+    def rows_removed(self) -> None:
+        self._oldest_dirty = True
+
+    # -- appends -----------------------------------------------------------------------------
+    def insert_readings(self, batches: list[list[Reading]], now_ms: int) -> list[AppendResult]:
+        """Insert several callers' readings; one result per caller, in order.
+
+        Fast path: one `executemany` for the whole group.  A caller whose readings cannot be
+        stored as a whole (no room left after eviction, or a record SQLite rejects) is refused
+        as a whole, so an ingress never acknowledges half a message.
+        """
+        total = sum(len(b) for b in batches)
+        if total == 0:
+            return [AppendResult() for _ in batches]
+        need = space.pages_for(self, total)
+        if not space.make_room(self, need, now_ms):
+            return self._insert_each(batches, now_ms)
+        try:
+            with self.savepoint():
+                results = self._insert_all(batches, total)
+        except (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError, TypeError,
+                ValueError, AttributeError):
+            return self._insert_each(batches, now_ms)
+        pc, free = space.after_insert(self, now_ms)
+        self._learn_row_size(pc - free, sum(r.stored for r in results))
+        return results
+
+    def _insert_all(self, batches: list[list[Reading]], total: int) -> list[AppendResult]:
+        conn = self.conn
+        rows = reading_rows(conn, self.series, [r for b in batches for r in b])
+        before = self._max_raw_id()
+        if self.tx_raw_floor is None:
+            self.tx_raw_floor = before + 1
+        pc, free = space.pages(conn)
+        self._used_before = pc - free
+        stored = conn.executemany(INSERT_READING, rows).rowcount
+        self._account(stored, total - stored)
+        if stored == total:
+            return [AppendResult(stored=len(b)) for b in batches]
+        inserted = {dk for (dk,) in conn.execute(
+            "SELECT dk FROM readings WHERE id > ?", (before,))}
+        results = []
+        i = 0
+        for b in batches:
+            n_new = 0
+            for row in rows[i:i + len(b)]:
+                if row[0] in inserted:
+                    inserted.discard(row[0])  # a repeat within the group is a duplicate
+                    n_new += 1
+            i += len(b)
+            results.append(AppendResult(stored=n_new, duplicates=len(b) - n_new))
+        return results
+
+    def _max_raw_id(self) -> int:
+        return int(self.conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])
+
+    def _insert_each(self, batches: list[list[Reading]], now_ms: int) -> list[AppendResult]:
+        if self.tx_raw_floor is None:
+            self.tx_raw_floor = self._max_raw_id() + 1
+        results = []
+        for b in batches:
+            if not b:
+                results.append(AppendResult())
+                continue
+            if not space.make_room(self, space.pages_for(self, len(b)), now_ms):
+                self.bump("refused.buffer_full.raw", len(b))
+                results.append(AppendResult(refused=len(b), refused_reason="buffer_full"))
+                continue
+            try:
+                with self.savepoint():
+                    rows = reading_rows(self.conn, self.series, b)
+                    stored = self.conn.executemany(INSERT_READING, rows).rowcount
+                    self._account(stored, len(b) - stored)
+            except (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError, TypeError,
+                    ValueError, AttributeError):
+                self.bump("refused.invalid_record.raw", len(b))
+                results.append(AppendResult(refused=len(b), refused_reason="invalid_record"))
+                continue
+            results.append(AppendResult(stored=stored, duplicates=len(b) - stored))
+        space.after_insert(self, now_ms)
+        return results
+
+    def _account(self, stored: int, dups: int) -> None:
+        tx = self.tx
+        tx.rows[RAW] += stored
+        self.bump("appended.raw", stored)
+        self.bump("duplicates.raw", dups)
+        if stored and self.oldest_rx is None:
+            self._oldest_dirty = True
+
+    def _learn_row_size(self, used_after: int, stored: int) -> None:
+        """Pages grown per stored row, over at least 2000 rows (eviction sizes its chunks)."""
+        self._learn_pages += used_after - self._used_before
+        self._learn_rows += stored
+        if self._learn_rows >= 2000:
+            if self._learn_pages > 0:
+                sample = self._learn_pages * self.page_size / self._learn_rows
+                self.row_bytes_est = 0.7 * self.row_bytes_est + 0.3 * max(40.0, sample)
+            self._learn_pages = self._learn_rows = 0
+
+    def insert_events(self, events: list[Event], now_ms: int) -> AppendResult:
+        """Aggregates and alerts.  Refused as a whole only when nothing can be evicted."""
+        if not events:
+            return AppendResult()
+        if not space.make_room(self, space.pages_for(self, len(events), per_row=256), now_ms):
+            for e in events:
+                self.bump(f"refused.buffer_full.{_CLASS[int(e.priority)]}")
+            return AppendResult(refused=len(events), refused_reason="buffer_full")
+        stored = dups = 0
+        try:
+            with self.savepoint():
+                for e in events:
+                    row = event_row(self.conn, self.series, e, now_ms)
+                    cls = _CLASS[row[1]]
+                    if self.conn.execute(INSERT_EVENT, row).rowcount:
+                        stored += 1
+                        self.tx.rows[row[1]] += 1
+                        self.bump(f"appended.{cls}")
+                    else:
+                        dups += 1
+                        self.bump(f"duplicates.{cls}")
+        except (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError, TypeError,
+                ValueError, AttributeError):
+            for e in events:
+                self.bump(f"refused.invalid_record.{_CLASS[int(e.priority)]}")
+            return AppendResult(refused=len(events), refused_reason="invalid_record")
+        if stored:
+            self._oldest_dirty = True
+        space.after_insert(self, now_ms)
+        return AppendResult(stored=stored, duplicates=dups)
+
+    # -- dead letters ------------------------------------------------------------------------
+    def add_dead_letters(self, items: list[tuple[bytes, str, str, str, str]], now_ms: int
+                         ) -> None:
+        """(raw, source, peer, reason, detail) tuples.  Over the row cap, the oldest go."""
+        cap = self.settings.deadletter_max_raw
+        rows = []
+        for raw, source, peer, reason, detail in items:
+            raw = bytes(raw)
+            if len(raw) > cap:
+                detail = f"{detail} (raw truncated from {len(raw)} bytes)".strip()
+                raw = raw[:cap]
+            rows.append((now_ms, source, peer, reason, detail, raw))
+            self.bump(f"deadletter.{reason}")
+        space.make_room(self, space.pages_for(
+            self, len(rows), per_row=64 + sum(len(r[5]) for r in rows) / max(1, len(rows))),
+            now_ms, deadletters=False)
+        self.conn.executemany("INSERT INTO deadletter(t_ms, source, peer, reason, detail, raw)"
+                              " VALUES (?, ?, ?, ?, ?, ?)", rows)
+        self.tx.deadletters += len(rows)
+        over = self.tx.deadletters - self.settings.deadletter_max_rows
+        if over > 0:
+            self.drop_dead_letters(over, "cap")
+
+    def drop_dead_letters(self, n: int, reason: str) -> int:
+        gone = self.conn.execute("DELETE FROM deadletter WHERE id IN (SELECT id FROM deadletter"
+                                 " ORDER BY id LIMIT ?)", (n,)).rowcount
+        self.tx.deadletters -= gone
+        self.bump(f"deadletter_dropped.{reason}", gone)
+        return gone
+
+    def dead_letters(self, *, reason: str | None = None, ids: list[int] | None = None,
+                     limit: int | None = None) -> list[DeadLetter]:
+        sql = "SELECT id, t_ms, source, peer, reason, detail, raw FROM deadletter"
+        where, args = [], []  # type: tuple[list[str], list[Any]]
+        if reason is not None:
+            where.append("reason = ?")
+            args.append(reason)
+        if ids:
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            args += list(ids)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [DeadLetter(id=i, t_ms=t, source=src, peer=peer, reason=why, detail=detail,
+                           raw=bytes(raw))
+                for i, t, src, peer, why, detail, raw in self.conn.execute(sql, args)]
+
+    def delete_dead_letters(self, ids: list[int], reason: str = "exported") -> int:
+        gone = 0
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            gone += self.conn.execute(
+                f"DELETE FROM deadletter WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk).rowcount
+        self.tx.deadletters -= gone
+        self.bump(f"deadletter_dropped.{reason}", gone)
+        return gone
+
+    def record_settings(self) -> None:
+        """Note the writer's `max_bytes` in the file, for the operator CLI's `stats`."""
+        self.conn.execute("INSERT INTO meta(name, value) VALUES ('max_bytes', ?) ON CONFLICT(name)"
+                          " DO UPDATE SET value = excluded.value", (self.settings.max_bytes,))
+
+    def recorded_max_bytes(self) -> int | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE name = 'max_bytes'").fetchone()
+        return None if row is None else int(row[0])
+
+    # -- operator actions --------------------------------------------------------------------
+    def purge(self, classes: list[Priority], *, older_than_ms: int | None, now_ms: int,
+              limit: int = 10_000) -> int:
+        """Delete up to `limit` unclaimed rows of `classes` (received before now-older_than).
+
+        Counted as `dropped.purged.<class>`.  Claimed rows are in flight and never purged.
+        Call repeatedly (one transaction each) until it returns 0.
+        """
+        cutoff = None if older_than_ms is None else now_ms - older_than_ms
+        age = "" if cutoff is None else " AND rx_ms < ?"
+        args: tuple[Any, ...] = () if cutoff is None else (cutoff,)
+        gone_total = 0
+        for p in classes:
+            left = limit - gone_total
+            if left <= 0:
+                break
+            if p == Priority.RAW:
+                gone = self.conn.execute(
+                    "DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE claim_id IS"
+                    f" NULL{age} ORDER BY id LIMIT ?)", (*args, left)).rowcount
+            else:
+                gone = self.conn.execute(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE claim_id IS"
+                    f" NULL AND prio = ?{age} ORDER BY id LIMIT ?)",
+                    (int(p), *args, left)).rowcount
+            self.tx.rows[int(p)] -= gone
+            self.bump(f"dropped.purged.{_CLASS[int(p)]}", gone)
+            gone_total += gone
+        if gone_total:
+            self.rows_removed()
+        return gone_total
+
+    def peek(self, n: int, classes: list[Priority] | None = None
+             ) -> list[tuple[Priority, int, int | None, Reading | Event]]:
+        """The first `n` rows in send order (alerts, aggregates, raw; each by id)."""
+        out: list[tuple[Priority, int, int | None, Reading | Event]] = []
+        wanted = classes or [Priority.ALERT, Priority.AGGREGATE, Priority.RAW]
+        for p in sorted(wanted, reverse=True):
+            left = n - len(out)
+            if left <= 0:
+                break
+            if p == Priority.RAW:
+                for row in self.conn.execute(
+                        f"SELECT {READING_COLS} FROM readings ORDER BY id LIMIT ?", (left,)):
+                    out.append((p, row[0], row[-1], decode_reading(self.series, row)))
+            else:
+                for row in self.conn.execute(
+                        f"SELECT {EVENT_COLS} FROM events WHERE prio = ? ORDER BY id LIMIT ?",
+                        (int(p), left)):
+                    out.append((p, row[0], row[-1], decode_event(self.series, row)))
+        return out
+
+    # -- statistics --------------------------------------------------------------------------
+    def snapshot(self, now_ms: int, *, pending: int = 0) -> BufferStats:
+        st = self.state
+        t = self.timings
+        groups: dict[str, dict[str, dict[str, int]]] = {"dropped": {}, "refused": {}}
+        flat: dict[str, dict[str, int]] = {"appended": {}, "duplicates": {}, "acked": {},
+                                           "deadletter": {}, "deadletter_dropped": {}}
+        for name, value in st.counters.items():
+            head, _, rest = name.partition(".")
+            if head in groups:
+                reason, _, cls = rest.partition(".")
+                groups[head].setdefault(reason, {})[cls] = value
+            elif head in flat:
+                flat[head][rest] = value
+        for key in ("appended", "duplicates", "acked"):
+            flat[key] = {**{c: 0 for c in _CLASS.values()}, **flat[key]}
+        return BufferStats(
+            rows={_CLASS[p]: n for p, n in st.rows.items()},
+            claimed_rows=st.claimed, claims_in_flight=st.claims,
+            db_bytes=self.db_pages * self.page_size, wal_bytes=self.wal_bytes,
+            used_bytes=(self.db_pages - self.free_pages) * self.page_size,
+            max_bytes=self.settings.max_bytes,
+            oldest_unsent_age_ms=None if self.oldest_rx is None else
+            max(0, now_ms - self.oldest_rx),
+            seen_keys=st.seen, dead_letter_rows=st.deadletters,
+            appended=flat["appended"], duplicates=flat["duplicates"], acked=flat["acked"],
+            dropped=groups["dropped"], refused=groups["refused"],
+            dead_letters=flat["deadletter"], dead_letters_dropped=flat["deadletter_dropped"],
+            counters=dict(st.counters),
+            commits=t.commits, sync_commits=t.sync_commits, checkpoints=t.checkpoints,
+            commit_ms_last=t.commit_ms_last,
+            commit_ms_avg=t.commit_ms_total / t.commits if t.commits else 0.0,
+            commit_ms_max=t.commit_ms_max, group_size_last=t.group_last,
+            group_size_avg=t.group_total / t.commits if t.commits else 0.0,
+            pending_readings=pending, schema_version=SCHEMA_VERSION)
