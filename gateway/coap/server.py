@@ -346,6 +346,9 @@ class CoapServer:
             self._stats.ingest_seconds += time.monotonic() - started
 
     def _answer(self, outcome: Outcome, origin: Origin, confirmable: bool) -> Message:
+        # a partly refused batch still stored its good readings: count them either way
+        self._stats.readings_accepted += outcome.accepted
+        self._stats.duplicates += outcome.duplicates
         if outcome.rejected is not None:
             reason = outcome.rejected
             self._stats.rejected[reason] = self._stats.rejected.get(reason, 0) + 1
@@ -353,8 +356,6 @@ class CoapServer:
                 "peer": origin.peer, "device": origin.device_hint, "reason": reason}})
             return self._respond(Message(code=code_for_rejection(reason),
                                          payload=diagnostic(reason, outcome.detail)))
-        self._stats.readings_accepted += outcome.accepted
-        self._stats.duplicates += outcome.duplicates
         return self._respond(Message(code=Code.CHANGED), confirmable=confirmable)
 
 

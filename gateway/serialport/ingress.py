@@ -299,13 +299,12 @@ class SerialIngress:
             log.exception("serial ingest failed unexpectedly", extra={"fields": {
                 "port": port.path, "raw_hex": frame.data[:256].hex()}})
             return
+        st.readings_accepted += outcome.accepted
+        st.duplicates += outcome.duplicates
         if outcome.rejected is not None:
             st.rejected[outcome.rejected] = st.rejected.get(outcome.rejected, 0) + 1
             log.debug("serial line rejected", extra={"fields": {
                 "port": port.path, "reason": outcome.rejected, "detail": outcome.detail}})
-        else:
-            st.readings_accepted += outcome.accepted
-            st.duplicates += outcome.duplicates
 
     async def _ingest_until_committed(self, data: bytes, origin: Origin, port: PortSettings,
                                       st: PortStats) -> Outcome:
