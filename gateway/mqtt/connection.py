@@ -1,0 +1,555 @@
+"""One MQTT 3.1.1 client connection: an `asyncio.Protocol` with an incremental parser.
+
+The device path, in order, for a QoS 1 PUBLISH of a sensor reading:
+
+1. `data_received` parses every complete packet in the chunk (a partial packet waits in a
+   bytearray; nothing is copied until the whole frame is there);
+2. the topic's ACL decision and `Origin` are cached per connection, so a sensor publishing
+   on its one topic costs one dict lookup;
+3. a task awaits `ingest.ingest(payload, origin, durable=True)`;
+4. only when it returns is the PUBACK written — and PUBACKs leave in the order the PUBLISHes
+   arrived (§4.6), even when commits finish out of order;
+5. the committed reading is then routed to subscribers and retained as its topic's last
+   reading.
+
+Ingest outcomes: rejected (dead-lettered by the pipeline) → still acknowledged (the gateway
+took custody) and counted; `RetriableError` (the buffer cannot commit) → no acknowledgement,
+the connection is closed so the client redelivers.  QoS 2 is acknowledged with PUBREC after
+the commit; a redelivered PUBLISH with a packet id awaiting PUBREL is answered again but not
+ingested twice.
+
+At most `max_inflight_in` commits per connection are pending; beyond that the socket stops
+being read (TCP back-pressure) until acknowledgements catch up.
+
+Anything the protocol forbids closes this connection with a counted reason
+(`gateway.errors.ProtocolViolation`); other connections never notice.  The will is published
+when the connection ends without DISCONNECT, except on session take-over and broker shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import uuid
+from collections import deque
+from typing import Any
+
+from edge.errors import RetriableError
+from gateway.auth.acl import ANONYMOUS
+from gateway.auth.credentials import Account
+from gateway.auth.topics import valid_topic_filter, valid_topic_name
+from gateway.errors import ProtocolViolation, Unauthorized
+from gateway.ingest import Origin
+from gateway.mqtt import codec
+from gateway.mqtt.broker import Broker, bump, log
+from gateway.mqtt.codec import Connect
+from gateway.mqtt.router import Message
+from gateway.mqtt.session import Session
+
+NEW, AUTH, CONNECTED, CLOSED = 0, 1, 2, 3
+
+_Task = asyncio.Task
+_current_task = asyncio.current_task
+
+
+class _Topic:
+    """Cached per (connection, topic bytes): the decoded name and what the ACL said."""
+
+    __slots__ = ("name", "allowed", "origin")
+
+    def __init__(self, name: str, allowed: bool, origin: Origin | None) -> None:
+        self.name = name
+        self.allowed = allowed
+        self.origin = origin  # None: control traffic (routed, not ingested)
+
+
+class MqttConnection(asyncio.Protocol):
+    TOPIC_CACHE_MAX = 64
+
+    def __init__(self, broker: Broker, listener: str = "tcp") -> None:
+        self.broker = broker
+        self.listener = listener
+        self.transport: Any = None
+        self.peer = ""
+        self.state = NEW
+        self.buf = bytearray()
+        self.need = 0
+        self.opened = 0.0
+        self.last_rx = 0.0
+        self.ka_timeout = 0.0
+        self.client_id = ""
+        self.role: str | None = None
+        self.username: str | None = None
+        self.session: Session | None = None
+        self.will: codec.Will | None = None
+        self.publish_will = True
+        self.write_paused = False
+        self.read_paused = False
+        self.acks: deque[list[bytes | None]] = deque()
+        self.pending_qos2: set[int] = set()
+        self.topics: dict[bytes, _Topic] = {}
+        self.identity: str | None = None  # verified TLS client certificate CN
+        self.auth_task: asyncio.Task[None] | None = None
+        s = broker.settings
+        self.max_packet = s.max_packet_bytes
+        self.max_inflight_in = s.max_inflight_in
+
+    # -- transport callbacks ----------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        broker = self.broker
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        self.opened = self.last_rx = broker.clock.monotonic()
+        broker.counters.connections_opened += 1
+        if broker.closing or len(broker.conns) >= broker.settings.max_connections:
+            broker.counters.connections_refused += 1
+            broker.limited.warning("max_connections", "MQTT connection refused: broker full",
+                                   peer=self.peer, max=broker.settings.max_connections)
+            self.state = CLOSED
+            transport.abort()
+            return
+        broker.conns.add(self)
+        if hasattr(transport, "set_write_buffer_limits"):
+            transport.set_write_buffer_limits(high=256 * 1024)
+        tls = broker.settings.tls
+        if tls is not None and tls.tls.identity_as_username:
+            self.identity = _cert_identity(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        broker = self.broker
+        broker.conns.discard(self)
+        if self.auth_task is not None:
+            self.auth_task.cancel()
+        session, self.session = self.session, None
+        if session is None:
+            return
+        if self.will is None and not self.publish_will:
+            broker.counters.disconnects_clean += 1
+        else:
+            broker.counters.disconnects_abnormal += 1
+        will = self.will
+        if will is not None and self.publish_will and not broker.closing:
+            broker.counters.wills_published += 1
+            broker.route(Message(will.topic, will.payload, min(will.qos, 1), will.retain),
+                         store=will.retain)
+        broker.detach(self, session)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.session is not None:
+            self.session.drain()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = self.broker.clock.monotonic()
+        self.broker.counters.bytes_in += len(data)
+        if self.state == CLOSED:
+            return
+        if self.buf:
+            self.buf += data
+            if len(self.buf) < self.need or self.state == AUTH:
+                return
+            data = bytes(self.buf)
+            self.buf.clear()
+        elif self.state == AUTH:
+            self.buf += data
+            return
+        self._parse(data)
+
+    # -- parsing ------------------------------------------------------------------------------
+
+    def _parse(self, data: bytes) -> None:
+        pos, n = 0, len(data)
+        try:
+            while pos < n:
+                b0 = data[pos]
+                i, length, shift = pos + 1, 0, 0
+                while True:
+                    if i >= n:
+                        self._stash(data, pos, 0)
+                        return
+                    digit = data[i]
+                    i += 1
+                    length |= (digit & 0x7F) << shift
+                    if digit < 0x80:
+                        break
+                    shift += 7
+                    if shift > 21:
+                        raise ProtocolViolation("remaining length longer than 4 bytes",
+                                                reason="malformed_packet")
+                end = i + length
+                if end - pos > self.max_packet:
+                    raise ProtocolViolation(f"packet of {end - pos} bytes over the cap",
+                                            reason="oversize_frame")
+                if end > n:
+                    self._stash(data, pos, end - pos)
+                    return
+                if b0 >> 4 == codec.PUBLISH and self.state == CONNECTED:
+                    self._publish(b0, data, i, end)
+                else:
+                    self._control(b0, data[i:end])
+                pos = end
+                if self.state != CONNECTED:
+                    if self.state == AUTH and pos < n:
+                        self.buf += data[pos:]  # parsed once the CONNECT is authenticated
+                        self.need = 0
+                    return
+        except ProtocolViolation as exc:
+            self._violation(exc)
+
+    def _stash(self, data: bytes, pos: int, need: int) -> None:
+        self.buf += data[pos:] if pos else data
+        self.need = need
+
+    def _violation(self, exc: ProtocolViolation) -> None:
+        broker = self.broker
+        bump(broker.counters.protocol_errors, exc.reason)
+        broker.limited.warning(f"violation:{exc.reason}", "MQTT protocol violation; closing",
+                               reason=exc.reason, detail=exc.message, peer=self.peer,
+                               client_id=self.client_id)
+        self.close()
+
+    # -- PUBLISH (the hot path) -------------------------------------------------------------
+
+    def _publish(self, b0: int, data: bytes, i: int, end: int) -> None:
+        qos = (b0 >> 1) & 3
+        if qos == 3 or (qos == 0 and b0 & 0x08):
+            raise ProtocolViolation("PUBLISH with QoS 3 or DUP on QoS 0",
+                                    reason="malformed_packet")
+        if i + 2 > end:
+            raise ProtocolViolation("PUBLISH too short", reason="malformed_packet")
+        ts = i + 2
+        te = ts + ((data[i] << 8) | data[i + 1])
+        pid = 0
+        if qos:
+            ps = te + 2
+            if ps > end:
+                raise ProtocolViolation("PUBLISH too short", reason="malformed_packet")
+            pid = (data[te] << 8) | data[te + 1]
+            if pid == 0:
+                raise ProtocolViolation("PUBLISH with packet id 0", reason="protocol_violation")
+        else:
+            ps = te
+            if ps > end:
+                raise ProtocolViolation("PUBLISH too short", reason="malformed_packet")
+        tkey = data[ts:te]
+        topic = self.topics.get(tkey)
+        if topic is None:
+            topic = self._resolve_topic(tkey)
+        broker = self.broker
+        broker.counters.messages_in += 1
+        payload = data[ps:end]
+        retain = bool(b0 & 1)
+        if not topic.allowed:
+            broker.counters.acl_refused_publish += 1
+            broker.limited.warning(f"acl:{self.username}", "MQTT publish refused by the ACL",
+                                   username=self.username, topic=topic.name, peer=self.peer)
+            self._answer_taken(qos, pid)
+            return
+        if qos == 2 and (pid in self.pending_qos2 or pid in self.session.awaiting_rel):  # type: ignore[union-attr]
+            if pid not in self.pending_qos2:
+                self._ack(codec.pubrec(pid))  # already committed: answer again, no re-ingest
+            return
+        if topic.origin is None:
+            broker.route(Message(topic.name, payload, qos, retain, tkey), store=retain)
+            self._answer_taken(qos, pid)
+            return
+        slot: list[bytes | None] | None = None
+        if qos:
+            slot = [None]
+            self.acks.append(slot)
+            if qos == 2:
+                self.pending_qos2.add(pid)
+            if len(self.acks) >= self.max_inflight_in and not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+        # asyncio.Task directly, and no done-callback: this runs 10,000 times a second
+        broker.tasks.add(_Task(self._ingest(payload, topic, tkey, qos, pid, retain, slot),
+                               loop=broker.loop, name="mqtt-ingest"))
+
+    def _resolve_topic(self, tkey: bytes) -> _Topic:
+        name = codec.decode_text(tkey)
+        if not valid_topic_name(name):
+            raise ProtocolViolation(f"PUBLISH to invalid topic {name!r}",
+                                    reason="protocol_violation")
+        grant = self.broker.acl.publish(self.role or ANONYMOUS, self.username, name)
+        origin = None
+        if grant is not None and grant.reading:
+            origin = Origin(protocol="mqtt", peer=self.peer, device_hint=grant.device_hint,
+                            topic=name, username=self.username)
+        entry = _Topic(name, grant is not None, origin)
+        if len(self.topics) >= self.TOPIC_CACHE_MAX:
+            self.topics.clear()
+        self.topics[tkey] = entry
+        return entry
+
+    def _answer_taken(self, qos: int, pid: int) -> None:
+        """Acknowledge a PUBLISH that needs no commit (ACL-refused or control traffic)."""
+        if qos == 1:
+            self._ack(codec.puback(pid))
+        elif qos == 2:
+            self.session.awaiting_rel.add(pid)  # type: ignore[union-attr]
+            self._ack(codec.pubrec(pid))
+
+    async def _ingest(self, payload: bytes, topic: _Topic, tkey: bytes, qos: int, pid: int,
+                      retain: bool, slot: list[bytes | None] | None) -> None:
+        broker = self.broker
+        try:
+            outcome = await broker.ingest.ingest(payload, topic.origin,  # type: ignore[arg-type]
+                                                 durable=qos > 0)
+        except RetriableError as exc:
+            broker.tasks.discard(_current_task())  # type: ignore[arg-type]
+            broker.counters.ingest_unavailable += 1
+            broker.limited.warning("ingest_unavailable",
+                                   "ingest could not commit; closing so the client redelivers",
+                                   reason=exc.reason, detail=exc.message)
+            self.close()
+            return
+        except BaseException as exc:
+            broker.tasks.discard(_current_task())  # type: ignore[arg-type]
+            if not isinstance(exc, Exception):
+                raise  # cancelled at shutdown: no acknowledgement
+            broker.counters.ingest_errors += 1
+            log.exception("ingest failed unexpectedly; closing so the client redelivers",
+                          extra={"fields": {"topic": topic.name, "peer": self.peer}})
+            self.close()
+            return
+        broker.tasks.discard(_current_task())  # type: ignore[arg-type]
+        if outcome.rejected is not None:
+            bump(broker.counters.readings_rejected, outcome.rejected)
+        else:
+            broker.counters.readings_accepted += 1
+            broker.route(Message(topic.name, payload, qos, retain, tkey),
+                         store=retain or broker.settings.retain_last_reading)
+        if slot is None:
+            return
+        if qos == 2:
+            self.pending_qos2.discard(pid)
+            session = self.session
+            if session is not None:
+                session.awaiting_rel.add(pid)
+            slot[0] = codec.pubrec(pid)
+        else:
+            slot[0] = codec.puback(pid)
+        if self.state != CLOSED:
+            broker.counters.readings_acked += 1
+        self._flush_acks()
+
+    def _ack(self, packet: bytes) -> None:
+        """Send an acknowledgement, behind any that still wait for a commit (§4.6 order)."""
+        if self.acks:
+            self.acks.append([packet])
+            self._flush_acks()
+        else:
+            self.send(packet)
+
+    def _flush_acks(self) -> None:
+        acks = self.acks
+        if not acks or acks[0][0] is None:
+            return
+        out = []
+        while acks and acks[0][0] is not None:
+            out.append(acks.popleft()[0])
+        if self.state != CLOSED:
+            self.send(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[arg-type]
+        if self.read_paused and len(acks) <= self.max_inflight_in // 2 and self.state != CLOSED:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    # -- everything else --------------------------------------------------------------------
+
+    def _control(self, b0: int, body: bytes) -> None:
+        kind, flags = b0 >> 4, b0 & 0x0F
+        if self.state == NEW:
+            if kind != codec.CONNECT:
+                raise ProtocolViolation("first packet is not CONNECT", reason="protocol_violation")
+            if flags:
+                raise ProtocolViolation("CONNECT flags set", reason="malformed_packet")
+            self._connect(codec.parse_connect(body))
+            return
+        if kind in (codec.PUBREL, codec.SUBSCRIBE, codec.UNSUBSCRIBE):
+            if flags != 2:
+                raise ProtocolViolation("reserved header flags", reason="malformed_packet")
+        elif flags:
+            raise ProtocolViolation("reserved header flags", reason="malformed_packet")
+        session = self.session
+        assert session is not None
+        if kind == codec.PUBACK:
+            session.acked(codec.parse_packet_id(body))
+        elif kind == codec.PINGREQ:
+            if body:
+                raise ProtocolViolation("PINGREQ with a body", reason="malformed_packet")
+            self.send(codec.PINGRESP_PACKET)
+        elif kind == codec.PUBREL:
+            pid = codec.parse_packet_id(body)
+            session.awaiting_rel.discard(pid)
+            self._ack(codec.pubcomp(pid))
+        elif kind == codec.SUBSCRIBE:
+            self._subscribe(*codec.parse_subscribe(body))
+        elif kind == codec.UNSUBSCRIBE:
+            pid, filters = codec.parse_unsubscribe(body)
+            for flt in filters:
+                self.broker.unsubscribe(session, flt)
+            self.send(codec.unsuback(pid))
+        elif kind == codec.DISCONNECT:
+            if body:
+                raise ProtocolViolation("DISCONNECT with a body", reason="malformed_packet")
+            self.will = None
+            self.publish_will = False
+            self.close()
+        elif kind in (codec.CONNECT, codec.PUBREC, codec.PUBCOMP, codec.CONNACK, codec.SUBACK,
+                      codec.UNSUBACK, codec.PINGRESP):
+            raise ProtocolViolation(f"unexpected packet type {kind}",
+                                    reason="protocol_violation")
+        else:
+            raise ProtocolViolation(f"packet type {kind}", reason="unknown_packet_type")
+
+    def _subscribe(self, pid: int, requests: list[tuple[str, int]]) -> None:
+        broker = self.broker
+        session = self.session
+        assert session is not None
+        codes, granted = [], []
+        for flt, qos in requests:
+            if not valid_topic_filter(flt):
+                bump(broker.counters.protocol_errors, "bad_topic_filter")
+                codes.append(codec.SUBACK_FAILURE)
+            elif not broker.acl.subscribe(self.role or ANONYMOUS, self.username, flt):
+                broker.counters.acl_refused_subscribe += 1
+                broker.limited.warning(f"acl-sub:{self.username}",
+                                       "MQTT subscription refused by the ACL",
+                                       username=self.username, filter=flt, peer=self.peer)
+                codes.append(codec.SUBACK_FAILURE)
+            else:
+                codes.append(min(qos, 1))
+                granted.append((flt, qos))
+        self.send(codec.suback(pid, codes))  # SUBACK before any retained message (§3.8.4)
+        for flt, qos in granted:
+            broker.subscribe(session, flt, qos)
+
+    def _connect(self, c: Connect) -> None:
+        broker = self.broker
+        settings = broker.settings
+        if c.level not in (3, 4):
+            return self._refuse(codec.REFUSED_PROTOCOL_VERSION, "protocol_version")
+        cap = settings.keepalive_cap_s
+        if cap and (c.keepalive == 0 or c.keepalive > cap):
+            return self._refuse(codec.REFUSED_IDENTIFIER, "keepalive_over_cap")
+        client_id = c.client_id
+        if not client_id:
+            if not c.clean_session:
+                return self._refuse(codec.REFUSED_IDENTIFIER, "empty_client_id")
+            client_id = "auto-" + uuid.uuid4().hex
+        if c.will is not None and not valid_topic_name(c.will.topic):
+            raise ProtocolViolation("invalid will topic", reason="protocol_violation")
+        self.client_id = client_id
+        auth = broker.auth
+        if self.identity is not None:
+            account = auth.account(self.identity) if auth is not None else None
+            if account is None:
+                return self._refuse(codec.REFUSED_NOT_AUTHORIZED, "unknown_identity")
+            return self._accept(c, account.role, account.username)
+        if c.username is None:
+            if not settings.allow_anonymous:
+                return self._refuse(codec.REFUSED_NOT_AUTHORIZED, "anonymous_refused")
+            return self._accept(c, ANONYMOUS, None)
+        if auth is None:  # no credentials file: only reachable with allow_anonymous
+            return self._accept(c, ANONYMOUS, c.username)
+        account = auth.check_cached(c.username, c.password or b"")
+        if account is not None:
+            return self._accept(c, account.role, account.username)
+        self.state = AUTH
+        self.auth_task = broker.spawn(self._authenticate(c), "mqtt-auth")
+
+    async def _authenticate(self, c: Connect) -> None:
+        assert self.broker.auth is not None and c.username is not None
+        try:
+            account: Account = await self.broker.auth.authenticate(c.username, c.password or b"")
+        except Unauthorized as exc:
+            if self.state != CLOSED:
+                self._refuse(codec.REFUSED_BAD_CREDENTIALS, exc.reason)
+            return
+        except Exception:
+            log.exception("authentication failed unexpectedly")
+            if self.state != CLOSED:
+                self._refuse(codec.REFUSED_UNAVAILABLE, "auth_error")
+            return
+        finally:
+            self.auth_task = None
+        if self.state == CLOSED:
+            return
+        self._accept(c, account.role, account.username)
+        if self.state == CONNECTED and self.buf:
+            data = bytes(self.buf)
+            self.buf.clear()
+            self._parse(data)
+
+    def _refuse(self, code: int, reason: str) -> None:
+        broker = self.broker
+        bump(broker.counters.auth_failures, reason)
+        broker.limited.warning(f"refused:{reason}", "MQTT connection refused",
+                               reason=reason, peer=self.peer, client_id=self.client_id)
+        self.send(codec.connack(False, code))
+        self.close()
+
+    def _accept(self, c: Connect, role: str, username: str | None) -> None:
+        broker = self.broker
+        if c.will is not None and broker.acl.publish(role, username, c.will.topic) is None:
+            broker.counters.acl_refused_publish += 1
+            return self._refuse(codec.REFUSED_NOT_AUTHORIZED, "will_acl")
+        self.role, self.username = role, username
+        self.will = c.will
+        self.ka_timeout = c.keepalive * 1.5
+        session, present = broker.attach(self, self.client_id, c.clean_session)
+        self.session = session
+        self.state = CONNECTED
+        broker.counters.connects += 1
+        self.send(codec.connack(present, codec.ACCEPTED))
+        session.resume(self)
+
+    # -- output and closing -----------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        if self.state != CLOSED:
+            self.broker.counters.bytes_out += len(data)
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """Close after flushing what was written (CONNACK refusals, last acks)."""
+        if self.state != CLOSED:
+            self.state = CLOSED
+            self.transport.close()
+
+    def taken_over(self) -> None:
+        """Another connection took this client id: close without the will."""
+        self.publish_will = False
+        self.session = None
+        self.close()
+
+    def check_deadline(self, now: float) -> None:
+        if self.state == NEW and now - self.opened > self.broker.settings.connect_timeout_s:
+            bump(self.broker.counters.timeouts, "connect")
+            self.close()
+        elif self.state == CONNECTED and self.ka_timeout and now - self.last_rx > self.ka_timeout:
+            bump(self.broker.counters.timeouts, "keepalive")
+            self.close()
+
+
+def _cert_identity(transport: Any) -> str | None:
+    """The CN of a verified client certificate, if the peer presented one."""
+    sslobj = transport.get_extra_info("ssl_object")
+    if not isinstance(sslobj, ssl.SSLObject | ssl.SSLSocket):
+        return None
+    cert = sslobj.getpeercert()
+    if not cert:
+        return None
+    subject: Any = cert.get("subject", ())
+    for rdn in subject:
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
