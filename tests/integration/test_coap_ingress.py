@@ -267,7 +267,7 @@ async def test_ack_is_the_204_and_leaves_only_after_the_commit(raw_socket: socke
     arrived, answer = got[0]
     assert answer.mtype == Type.ACK and answer.mid == 0x4242
     assert answer.code == Code.CHANGED
-    assert arrived >= 0.3  # not before ingest returned
+    assert arrived >= 0.29  # not before ingest returned (asyncio timers may fire ~1 ms early)
     assert ingest.committed == [b"21.5"]
 
 
@@ -287,7 +287,7 @@ async def test_the_timing_check_detects_an_early_empty_ack(raw_socket: socket.so
         port = ctx.request_interfaces[0].token_interface.message_interface.transport \
             .get_extra_info("socket").getsockname()[1]
         raw_socket.sendto(_con_post(0x4343, b"\x08", ("r", "a"), b"1"), ("127.0.0.1", port))
-        got = await _datagrams(raw_socket, 0.25)
+        got = await _datagrams(raw_socket, 0.6)
     finally:
         await ctx.shutdown()
     assert got and got[0][1].mtype == Type.ACK and got[0][1].code == Code.EMPTY
