@@ -125,6 +125,10 @@ FAMILIES: dict[str, Family] = {
     "mqtt_protocol_errors": Family("counter", "MQTT protocol violations, by kind", ("kind",)),
     "mqtt_dropped": Family("counter", "MQTT deliveries to subscribers dropped, by reason",
                            ("reason",)),
+    "mqtt_disconnects": Family("counter", "MQTT disconnections, clean or abnormal", ("kind",)),
+    "mqtt_timeouts": Family("counter", "MQTT connections closed for a missed deadline",
+                            ("kind",)),
+    "mqtt_connections_refused": Family("counter", "MQTT connections refused over the limit"),
     # uplink
     "uplink_batches": Family("counter", "Uplink batches, by outcome", ("outcome",)),
     "uplink_readings": Family("counter", "Readings delivered by the uplink"),
@@ -239,6 +243,10 @@ MQTT_FIELDS: list[Field] = INGRESS_FIELDS("mqtt") + [
     F("protocol_errors", "mqtt_protocol_errors", key="kind"),
     F("dropped_slow", "mqtt_dropped", reason="slow_subscriber"),
     F("dropped_queue_full", "mqtt_dropped", reason="queue_full"),
+    F("disconnects_clean", "mqtt_disconnects", kind="clean"),
+    F("disconnects_abnormal", "mqtt_disconnects", kind="abnormal"),
+    F("timeouts", "mqtt_timeouts", key="kind"),
+    F("connections_refused", "mqtt_connections_refused"),
 ]
 
 UPLINK_FIELDS: list[Field] = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -9,7 +10,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.coap import CoapStats
-from gateway.http.metrics import FAMILIES, KINDS, PREFIX, GatewayMetrics, map_snapshot
+from gateway.http.metrics import (
+    BUFFER_FIELDS,
+    FAMILIES,
+    INGRESS_FIELDS,
+    KINDS,
+    MQTT_FIELDS,
+    PREFIX,
+    GatewayMetrics,
+    map_snapshot,
+)
 from gateway.serialport import PortStats, SerialStats
 
 
@@ -155,3 +165,30 @@ def test_two_gateways_in_one_process_have_separate_registries() -> None:
     key = (PREFIX + "readings_received_total", (("protocol", "coap"),))
     assert scrape(a)[key] == 1 and scrape(b)[key] == 2
     assert any(name.startswith("process_") for name, _ in scrape(a))
+
+
+def _attribute_names(cls: type) -> set[str]:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return fields | {name for name in dir(cls) if isinstance(getattr(cls, name), property)}
+
+
+def test_buffer_table_names_fields_the_buffer_snapshot_has() -> None:
+    from gateway.buffer.results import BufferStats
+
+    names = _attribute_names(BufferStats)
+    missing = [spec.names for spec in BUFFER_FIELDS if not set(spec.names) & names]
+    assert not missing, f"BufferStats has none of {missing}: update BUFFER_FIELDS"
+
+
+def test_mqtt_table_names_counters_the_broker_reports() -> None:
+    from gateway.mqtt.broker import Counters
+
+    # the gauges Broker.stats() adds to its Counters
+    names = _attribute_names(Counters) | {"clients_connected", "connections_open",
+                                          "subscriptions"}
+    shared_optional = {spec.names for spec in INGRESS_FIELDS("mqtt")}
+    missing = [spec.names for spec in MQTT_FIELDS
+               if spec.names not in shared_optional and not set(spec.names) & names]
+    assert not missing, f"the broker reports none of {missing}: update MQTT_FIELDS"
+    for needed in ("readings_accepted", "readings_acked", "readings_rejected"):
+        assert needed in names
