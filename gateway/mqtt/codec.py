@@ -149,7 +149,7 @@ def parse_subscribe(body: bytes) -> tuple[int, list[tuple[str, int]]]:
     while r.remaining():
         flt = r.text()
         qos = r.u8()
-        if qos & 0xFC:
+        if qos > 2:  # QoS 3, or reserved upper bits set
             raise _bad("protocol_violation", "SUBSCRIBE requested QoS above 2 / reserved bits")
         out.append((flt, qos))
     if not out:

@@ -168,6 +168,9 @@ class MqttConnection(asyncio.Protocol):
         try:
             while pos < n:
                 b0 = data[pos]
+                if self.state == NEW and b0 != 0x10:  # not even a CONNECT: do not wait for more
+                    raise ProtocolViolation("first packet is not CONNECT",
+                                            reason="protocol_violation")
                 i, length, shift = pos + 1, 0, 0
                 while True:
                     if i >= n:
