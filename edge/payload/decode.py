@@ -79,19 +79,12 @@ from typing import Any
 
 import msgpack
 
-from edge.errors import (
-    MissingField,
-    NonFinite,
-    Oversize,
-    PayloadError,
-    TimestampOutOfRange,
-    ValidationError,
-    WrongType,
-)
+from edge.errors import MissingField, NonFinite, Oversize, PayloadError  # isort: skip
+from edge.errors import TimestampOutOfRange, ValidationError, WrongType
 from edge.model import FLAG_CLOCK_SKEW, FLAG_TS_MISSING, MAX_TS_MS, MIN_TS_MS, Reading
 
 __all__ = ["DecodeContext", "Limits", "decode_payload", "decode_payload_partial",
-           "DEVICE_ID_MAX_LENGTH", "DEFAULT_MEASUREMENT"]
+           "is_valid_device_id", "DEVICE_ID_MAX_LENGTH", "DEFAULT_MEASUREMENT"]
 
 #: hard cap on device ids, whatever `Limits.max_string_length` says
 DEVICE_ID_MAX_LENGTH = 128
@@ -140,8 +133,6 @@ class DecodeContext:
     limits: Limits = field(default=DEFAULT_LIMITS)
 
 
-# --------------------------------------------------------------------------- public API
-
 
 def decode_payload(payload: bytes | bytearray | memoryview, ctx: DecodeContext) -> list[Reading]:
     """All readings of `payload`, or raise: a FieldlinkError subclass naming the problem.
@@ -180,7 +171,11 @@ def decode_payload_partial(payload: bytes | bytearray | memoryview, ctx: DecodeC
     return good, bad
 
 
-# --------------------------------------------------------------------------- parsing
+def is_valid_device_id(s: str) -> bool:
+    """The device_id rule above (config files and CLIs use it for ids they are given)."""
+    return (0 < len(s) <= DEVICE_ID_MAX_LENGTH and s.isprintable()
+            and _BAD_ID.search(s) is None)
+
 
 #: content type → encoding; None means sniff
 _CONTENT_TYPES: dict[str, str | None] = {
@@ -300,8 +295,6 @@ def _split_csv(payload: bytes, limits: Limits) -> tuple[str, list[Any], bool]:
     return "csv", rows, len(rows) != 1
 
 
-# --------------------------------------------------------------------------- building
-
 
 def _build(kind: str, item: Any, ctx: DecodeContext) -> Reading:
     if kind == "map":
@@ -401,8 +394,6 @@ def _from_csv(row: _CsvRow, ctx: DecodeContext) -> Reading:
         msg["seq"] = int(s)
     return _from_mapping(msg, ctx)
 
-
-# --------------------------------------------------------------------------- fields
 
 
 def _device_id(raw: Any, ctx: DecodeContext) -> str:
@@ -561,19 +552,13 @@ def _datetime_ms(dt: datetime, shown: Any) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
-# --------------------------------------------------------------------------- helpers
-
 
 def _type_name(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, Mapping):
-        return "mapping"
-    if isinstance(v, (list, tuple)):
-        return "array"
-    return type(v).__name__
+    """The value's type in the sender's terms (JSON names where they exist)."""
+    if v is None or isinstance(v, bool):
+        return "null" if v is None else "boolean"
+    return "mapping" if isinstance(v, Mapping) else "array" if isinstance(
+        v, (list, tuple)) else type(v).__name__
 
 
 def _show(v: Any) -> str:
