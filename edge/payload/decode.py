@@ -133,7 +133,6 @@ class DecodeContext:
     limits: Limits = field(default=DEFAULT_LIMITS)
 
 
-
 def decode_payload(payload: bytes | bytearray | memoryview, ctx: DecodeContext) -> list[Reading]:
     """All readings of `payload`, or raise: a FieldlinkError subclass naming the problem.
 
@@ -295,7 +294,6 @@ def _split_csv(payload: bytes, limits: Limits) -> tuple[str, list[Any], bool]:
     return "csv", rows, len(rows) != 1
 
 
-
 def _build(kind: str, item: Any, ctx: DecodeContext) -> Reading:
     if kind == "map":
         if not isinstance(item, dict):
@@ -395,7 +393,6 @@ def _from_csv(row: _CsvRow, ctx: DecodeContext) -> Reading:
     return _from_mapping(msg, ctx)
 
 
-
 def _device_id(raw: Any, ctx: DecodeContext) -> str:
     hint = ctx.device_hint
     if raw is None:
@@ -403,16 +400,13 @@ def _device_id(raw: Any, ctx: DecodeContext) -> str:
             raise MissingField("device_id is missing and the transport names no device",
                                field="device_id")
         raw = hint
+    elif type(raw) is not str:
+        raise WrongType(f"device_id must be a string, got {_type_name(raw)}",
+                        field="device_id", value=raw)
     elif hint is not None and raw != hint:
-        if type(raw) is not str:
-            raise WrongType(f"device_id must be a string, got {_type_name(raw)}",
-                            field="device_id", value=raw)
         raise ValidationError(f"device_id {_show(raw)} does not match the device the transport "
                               f"authenticated ({_show(hint)})", field="device_id",
                               reason="device_mismatch", value=raw)
-    if type(raw) is not str:
-        raise WrongType(f"device_id must be a string, got {_type_name(raw)}",
-                        field="device_id", value=raw)
     n = len(raw)
     if raw in _VALID_IDS and n <= ctx.limits.max_string_length:
         return raw
@@ -550,7 +544,6 @@ def _datetime_ms(dt: datetime, shown: Any) -> int:
         raise TimestampOutOfRange(f"timestamp {_show(shown)} is outside 2000-01-01..2100-01-01",
                                   field="timestamp", value=shown) from None
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-
 
 
 def _type_name(v: Any) -> str:
