@@ -34,6 +34,7 @@ from edge.model import Event, Priority, Reading
 from gateway.buffer import space
 from gateway.buffer.results import CLASS_NAMES, Claim, ClaimedRow
 from gateway.buffer.rows import EVENT_COLS, READING_COLS, decode_event, decode_reading
+from gateway.buffer.store import MAX_ID, ClaimInfo, pack_ranges, unpack_ranges
 
 if TYPE_CHECKING:
     from gateway.buffer.store import Store
@@ -47,6 +48,7 @@ def make_claim(store: Store, max_records: int, live_share: float, now_ms: int) -
     if max_records <= 0:
         return None
     conn = store.conn
+    tx = store.tx
     event_ids: list[int] = []
     for prio in (ALERT, AGG):
         left = max_records - len(event_ids)
@@ -56,44 +58,82 @@ def make_claim(store: Store, max_records: int, live_share: float, now_ms: int) -
             "SELECT id FROM events WHERE claim_id IS NULL AND prio = ? ORDER BY id LIMIT ?",
             (prio, left))]
     room = max_records - len(event_ids)
-    raw_ids: list[int] = []
+    ranges: list[tuple[int, int]] = []
+    n_raw = 0
     if room > 0:
-        quota = int(room * max(0.0, min(1.0, live_share)))
-        cutoff = now_ms - store.settings.live_window_ms
-        live: list[int] = []
-        if quota:
-            for rid, rx_ms in conn.execute(
-                    "SELECT id, rx_ms FROM readings WHERE claim_id IS NULL ORDER BY id DESC"
-                    " LIMIT ?", (quota,)):
-                if rx_ms < cutoff:
-                    break
-                live.append(rid)
-        if live:
-            backlog = [i for (i,) in conn.execute(
-                "SELECT id FROM readings WHERE claim_id IS NULL AND id < ? ORDER BY id LIMIT ?",
-                (live[-1], room - len(live)))]
-        else:
-            backlog = [i for (i,) in conn.execute(
-                "SELECT id FROM readings WHERE claim_id IS NULL ORDER BY id LIMIT ?", (room,))]
-        raw_ids = backlog + live[::-1]
-    if not event_ids and not raw_ids:
+        gaps = tx.raw_gaps()
+        live = _select_live(store, gaps, int(room * max(0.0, min(1.0, live_share))), now_ms)
+        below = live[0][0][0] if live else MAX_ID + 1
+        backlog = _select_backlog(store, gaps, room - sum(n for _r, n in live), below)
+        ranges = [r for r, _n in backlog + live]
+        n_raw = sum(n for _r, n in backlog + live)
+    if not event_ids and not n_raw:
         return None
-    tx = store.tx
     seq = tx.next_seq
     tx.next_seq += 1
-    conn.execute("UPDATE meta SET value = ? WHERE name = 'next_seq'", (tx.next_seq,))
-    conn.execute("INSERT INTO claims(seq, created_ms, n_rows) VALUES (?, ?, ?)",
-                 (seq, now_ms, len(event_ids) + len(raw_ids)))
+    conn.execute("INSERT INTO meta(name, value) VALUES ('next_seq', ?) ON CONFLICT(name)"
+                 " DO UPDATE SET value = excluded.value", (tx.next_seq,))
+    info = ClaimInfo(tuple(sorted(ranges)), n_raw, len(event_ids))
+    conn.execute("INSERT INTO claims(seq, created_ms, n_raw, n_events, raw_ranges)"
+                 " VALUES (?, ?, ?, ?, ?)",
+                 (seq, now_ms, n_raw, len(event_ids), pack_ranges(info.ranges)))
     conn.executemany("UPDATE events SET claim_id = ? WHERE id = ?", [(seq, i) for i in event_ids])
-    conn.executemany("UPDATE readings SET claim_id = ? WHERE id = ?", [(seq, i) for i in raw_ids])
-    tx.claims += 1
-    tx.claimed += len(event_ids) + len(raw_ids)
+    tx.claims[seq] = info
     store.bump("claims.created")
     return seq
 
 
+def _select_live(store: Store, gaps: list[tuple[int, int]], quota: int, now_ms: int
+                 ) -> list[tuple[tuple[int, int], int]]:
+    """The newest unclaimed raw readings received within the live window, at most `quota`:
+    ((first id, last id), count) per gap, ascending."""
+    cutoff = now_ms - store.settings.live_window_ms
+    out: list[tuple[tuple[int, int], int]] = []
+    taken = 0
+    for lo, hi in reversed(gaps):
+        if taken >= quota:
+            break
+        ids = []
+        stop = False
+        for rid, rx_ms in store.conn.execute(
+                "SELECT id, rx_ms FROM readings WHERE id BETWEEN ? AND ? ORDER BY id DESC"
+                " LIMIT ?", (lo, hi, quota - taken)):
+            if rx_ms < cutoff:
+                stop = True
+                break
+            ids.append(rid)
+        if ids:
+            out.append(((ids[-1], ids[0]), len(ids)))
+            taken += len(ids)
+        if stop:
+            break
+    return out[::-1]
+
+
+def _select_backlog(store: Store, gaps: list[tuple[int, int]], want: int, below: int
+                    ) -> list[tuple[tuple[int, int], int]]:
+    """The oldest unclaimed raw readings with an id under `below`, at most `want`."""
+    out: list[tuple[tuple[int, int], int]] = []
+    taken = 0
+    for lo, hi in gaps:
+        if taken >= want or lo >= below:
+            break
+        ids = [i for (i,) in store.conn.execute(
+            "SELECT id FROM readings WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
+            (lo, min(hi, below - 1), want - taken))]
+        if ids:
+            out.append(((ids[0], ids[-1]), len(ids)))
+            taken += len(ids)
+    return out
+
+
+def _info(store: Store, seq: int) -> ClaimInfo | None:
+    st = store.tx if store.in_transaction else store.state
+    return st.claims.get(seq)
+
+
 def load_claim(store: Store, seq: int) -> Claim | None:
-    row = store.conn.execute("SELECT created_ms, meta FROM claims WHERE seq = ?",
+    row = store.conn.execute("SELECT created_ms, meta, raw_ranges FROM claims WHERE seq = ?",
                              (seq,)).fetchone()
     if row is None:
         return None
@@ -102,11 +142,12 @@ def load_claim(store: Store, seq: int) -> Claim | None:
                                 " ORDER BY prio DESC, id", (seq,)):
         ev: Event = decode_event(store.series, r)
         rows.append(ClaimedRow(id=r[0], priority=Priority(r[2]), key=ev.key, record=ev))
-    for r in store.conn.execute(f"SELECT {READING_COLS} FROM readings WHERE claim_id = ?"
-                                " ORDER BY id", (seq,)):
-        reading: Reading = decode_reading(store.series, r)
-        rows.append(ClaimedRow(id=r[0], priority=Priority.RAW, key=bytes(r[1][6:]),
-                               record=reading))
+    for a, b in unpack_ranges(row[2]):
+        for r in store.conn.execute(f"SELECT {READING_COLS} FROM readings WHERE id BETWEEN ?"
+                                    " AND ? ORDER BY id", (a, b)):
+            reading: Reading = decode_reading(store.series, r)
+            rows.append(ClaimedRow(id=r[0], priority=Priority.RAW, key=bytes(r[1][6:]),
+                                   record=reading))
     return Claim(seq=seq, created_ms=row[0], rows=tuple(rows),
                  meta=None if row[1] is None else bytes(row[1]))
 
@@ -122,34 +163,42 @@ def set_meta(store: Store, seq: int, meta: bytes | None) -> bool:
                               (meta, seq)).rowcount == 1
 
 
-def _class_counts(store: Store, seq: int) -> dict[int, int]:
-    counts = {p: n for p, n in store.conn.execute(
+def _event_counts(store: Store, seq: int) -> dict[int, int]:
+    return {p: n for p, n in store.conn.execute(
         "SELECT prio, count(*) FROM events WHERE claim_id = ? GROUP BY prio", (seq,))}
-    counts[RAW] = store.conn.execute(
-        "SELECT count(*) FROM readings WHERE claim_id = ?", (seq,)).fetchone()[0]
-    return counts
 
 
 def ack(store: Store, seq: int, now_ms: int) -> int:
     """Delete the claim's rows (the cloud has them) and remember their keys.  Returns rows
     removed; 0 and `ack_unknown` counted when the claim no longer exists."""
     conn = store.conn
-    if conn.execute("SELECT 1 FROM claims WHERE seq = ?", (seq,)).fetchone() is None:
+    info = _info(store, seq)
+    if info is None:
         store.bump("ack_unknown")
         return 0
-    counts = _class_counts(store, seq)
+    counts = _event_counts(store, seq)
     s = store.settings
     if s.dedup_horizon_s > 0 and s.dedup_max_keys > 0:
-        added = 0
-        for table in ("events", "readings"):
+        added = conn.execute("INSERT OR IGNORE INTO seen(dk, t_ms) SELECT dk, ? FROM events"
+                             " WHERE claim_id = ? ORDER BY dk", (now_ms, seq)).rowcount
+        for a, b in info.ranges:
             added += conn.execute(
-                f"INSERT OR IGNORE INTO seen(dk, t_ms) SELECT dk, ? FROM {table}"
-                " WHERE claim_id = ? ORDER BY dk", (now_ms, seq)).rowcount
+                "INSERT OR IGNORE INTO seen(dk, t_ms) SELECT dk, ? FROM readings"
+                " WHERE id BETWEEN ? AND ? ORDER BY dk", (now_ms, a, b)).rowcount
         store.tx.seen += added
     conn.execute("DELETE FROM events WHERE claim_id = ?", (seq,))
-    conn.execute("DELETE FROM readings WHERE claim_id = ?", (seq,))
+    n_raw = 0
+    for a, b in info.ranges:
+        n_raw += conn.execute("DELETE FROM readings WHERE id BETWEEN ? AND ?", (a, b)).rowcount
     conn.execute("DELETE FROM claims WHERE seq = ?", (seq,))
-    total = _settle(store, counts, "acked")
+    counts[RAW] = n_raw
+    tx = store.tx
+    del tx.claims[seq]
+    total = 0
+    for prio, n in counts.items():
+        tx.rows[prio] -= n
+        total += n
+        store.bump(f"acked.{CLASS_NAMES[Priority(prio)]}", n)
     store.bump("claims.acked")
     store.rows_removed()
     space.prune_seen(store, now_ms)
@@ -158,22 +207,19 @@ def ack(store: Store, seq: int, now_ms: int) -> int:
 
 def release(store: Store, seq: int, *, reason: str = "released") -> int:
     """Make the claim's rows claimable again.  Returns rows released."""
-    conn = store.conn
-    if conn.execute("SELECT 1 FROM claims WHERE seq = ?", (seq,)).fetchone() is None:
+    info = _info(store, seq)
+    if info is None:
         store.bump("release_unknown")
         return 0
-    counts = _class_counts(store, seq)
-    conn.execute("UPDATE events SET claim_id = NULL WHERE claim_id = ?", (seq,))
-    conn.execute("UPDATE readings SET claim_id = NULL WHERE claim_id = ?", (seq,))
-    conn.execute("DELETE FROM claims WHERE seq = ?", (seq,))
-    tx = store.tx
-    tx.claims -= 1
-    n = sum(counts.values())
-    tx.claimed -= n
+    counts = _event_counts(store, seq)
+    counts[RAW] = info.n_raw
+    store.conn.execute("UPDATE events SET claim_id = NULL WHERE claim_id = ?", (seq,))
+    store.conn.execute("DELETE FROM claims WHERE seq = ?", (seq,))
+    del store.tx.claims[seq]
     for prio, k in counts.items():
         store.bump(f"released.{CLASS_NAMES[Priority(prio)]}", k)
     store.bump(f"claims.{reason}")
-    return n
+    return sum(counts.values())
 
 
 def release_expired(store: Store, lease_s: float, now_ms: int) -> int:
@@ -184,15 +230,3 @@ def release_expired(store: Store, lease_s: float, now_ms: int) -> int:
     for seq in seqs:
         release(store, seq, reason="expired")
     return len(seqs)
-
-
-def _settle(store: Store, counts: dict[int, int], what: str) -> int:
-    tx = store.tx
-    total = 0
-    for prio, n in counts.items():
-        tx.rows[prio] -= n
-        total += n
-        store.bump(f"{what}.{CLASS_NAMES[Priority(prio)]}", n)
-    tx.claims -= 1
-    tx.claimed -= total
-    return total

@@ -11,6 +11,7 @@ computed, so the stored key always matches the returned reading).
 from __future__ import annotations
 
 import sqlite3
+import struct
 from typing import Any
 
 import msgpack
@@ -18,6 +19,10 @@ import msgpack
 from edge.model import FLAG_TS_MISSING, Event, Reading
 
 _MASK48 = (1 << 48) - 1
+#: what a malformed record (not the database) raises while being encoded or bound
+RECORD_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError,
+    TypeError, ValueError, AttributeError, struct.error)
 QUALITY_CODES = {"good": 0, "uncertain": 1, "bad": 2}
 QUALITY_NAMES = {v: k for k, v in QUALITY_CODES.items()}
 
@@ -31,8 +36,7 @@ INSERT_READING = (
 INSERT_EVENT = (
     "INSERT OR IGNORE INTO events(dk, prio, rx_ms, series, ts_ms, body)"
     " SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (SELECT 1 FROM seen WHERE dk = ?1)")
-READING_COLS = ("id, dk, rx_ms, series, ts_ms, value, quality, battery, seq, sensor_ts_ms,"
-                " flags, claim_id")
+READING_COLS = "id, dk, rx_ms, series, ts_ms, value, quality, battery, seq, sensor_ts_ms, flags"
 EVENT_COLS = "id, dk, prio, rx_ms, series, ts_ms, body, claim_id"
 
 
@@ -127,8 +131,7 @@ def event_row(conn: sqlite3.Connection, series: Series, e: Event, rx_ms: int
 
 def decode_reading(series: Series, row: tuple[Any, ...]) -> Reading:
     """A row selected with READING_COLS -> Reading."""
-    (_id, _dk, rx_ms, sid, ts_ms, value, quality, battery, seq, sensor_ts, flags,
-     _claim) = row
+    _id, _dk, rx_ms, sid, ts_ms, value, quality, battery, seq, sensor_ts, flags = row
     device, measurement, unit, facility, line, zone = series.keys[sid]
     return Reading(device_id=device, ts_ms=ts_ms, value=value, measurement=measurement,
                    unit=unit, facility=facility, line=line, zone=zone,

@@ -16,8 +16,12 @@ Tables (version 2):
   live in `series`.
 * `events` — aggregates and alerts (`prio` 1/2), body as msgpack.
 * `claims` — one row per claim in flight: `seq` (claim id = batch sequence number),
-  creation time, row count, opaque `meta` for the uplink.  `readings.claim_id` /
-  `events.claim_id` point to it.
+  creation time, row counts, the claimed raw rows as packed id ranges, opaque `meta` for
+  the uplink.  Claiming raw readings writes no reading row: stamping a claim id on each row
+  would grow every row of a full page (splitting it) and rewrite every page through the WAL.
+  The ranges stay exact because nothing but the claim's ack deletes a row inside them, and
+  new rows always get an id above the highest present one, so above every range.
+  `events.claim_id` marks claimed aggregates/alerts.
 * `seen` — de-duplication keys of rows already acknowledged by the cloud, pruned by age and
   count, so a redelivery after the uplink sent the original is still recognised.
 * `deadletter` — refused input with its raw bytes.
@@ -60,15 +64,14 @@ V1 = (
 
 # -- version 2: claims, dedup keys of sent rows, persistent batch sequence ------------------
 V2 = (
-    "ALTER TABLE readings ADD COLUMN claim_id INTEGER",
+    # raw readings are claimed by id ranges kept in `claims` (no per-row write); events,
+    # being few, carry their claim on the row
     "ALTER TABLE events ADD COLUMN claim_id INTEGER",
-    # partial indexes: rows enter them only when claimed, so appends never touch them
-    "CREATE INDEX readings_claimed ON readings(claim_id) WHERE claim_id IS NOT NULL",
     "CREATE INDEX events_claimed ON events(claim_id) WHERE claim_id IS NOT NULL",
     "CREATE INDEX events_unclaimed ON events(prio, id) WHERE claim_id IS NULL",
     """CREATE TABLE claims (
-        seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, n_rows INTEGER NOT NULL,
-        meta BLOB)""",
+        seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, n_raw INTEGER NOT NULL,
+        n_events INTEGER NOT NULL, raw_ranges BLOB NOT NULL, meta BLOB)""",
     "CREATE TABLE seen (id INTEGER PRIMARY KEY, dk BLOB NOT NULL UNIQUE, t_ms INTEGER NOT NULL)",
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID",
 )

@@ -10,9 +10,13 @@ rows fit the budget, evicting in this order until they do:
 1. de-duplication keys of already-sent rows (`seen`), oldest first — costs no data;
 2. dead letters, oldest first — refused input must not push out good readings;
 3. unclaimed raw readings, oldest first (or newest first, `Eviction.NEWEST_FIRST`);
-4. unclaimed aggregates, oldest first.
+4. unclaimed aggregates, oldest first — only to make room for an aggregate or an alert.
 
-Alerts and claimed rows are never evicted.  Freed pages go to SQLite's free list and are
+A record never pushes out a record of a higher class: when only aggregates, alerts and
+claimed rows are left, new raw readings are refused (`refused.buffer_full.raw`; the ingress
+does not acknowledge them).  A new dead letter may push out only older dead letters; with
+none left it is not kept (`deadletter_dropped.space`).  Alerts and claimed rows are never
+evicted.  Freed pages go to SQLite's free list and are
 reused by the following inserts, so the file stops growing at the budget.  If the estimate
 was short, `after_insert` evicts the difference and gives the surplus pages back with
 `incremental_vacuum`, so after every commit the file holds at most `db_budget_pages`.
@@ -47,22 +51,28 @@ def pages_for(store: Store, n_rows: int, *, per_row: float | None = None) -> int
     return int(n_rows * per * 1.25 / store.page_size) + 2
 
 
-def make_room(store: Store, need_pages: int, now_ms: int, *, deadletters: bool = True) -> bool:
+def make_room(store: Store, need_pages: int, now_ms: int, *,
+              priority: Priority = Priority.RAW, deadletter: bool = False) -> bool:
     """Evict until `need_pages` more pages fit the budget.  False when they cannot.
 
-    Raw rows inserted by the open transaction (`store.tx_raw_floor`) are never evicted: their
-    callers are about to be told they are stored.
+    A record may push out only records of its own class or a lower one: raw readings evict
+    raw readings, aggregates and alerts also evict aggregates.  A dead letter (`deadletter`)
+    may push out only older dead letters.  Raw rows inserted by the open transaction
+    (`store.tx_raw_floor`) are never evicted: their callers are about to be told they are
+    stored.
     """
     budget = store.settings.db_budget_pages
     pc, free = pages(store.conn)
     if pc - free + need_pages <= budget:
         return True
     victims: list[tuple[Callable[[int], int], float]] = [
-        (lambda n: _evict_seen(store, n), SEEN_ROW_BYTES)]
-    if deadletters:
-        victims.append((lambda n: _evict_deadletters(store, n), 512.0))
-    victims.append((lambda n: _evict_raw(store, n, store.tx_raw_floor), store.row_bytes_est))
-    victims.append((lambda n: _evict_aggregates(store, n), 256.0))
+        (lambda n: _evict_seen(store, n), SEEN_ROW_BYTES),
+        (lambda n: _evict_deadletters(store, n), 512.0)]
+    if not deadletter:
+        victims.append((lambda n: _evict_raw(store, n, store.tx_raw_floor),
+                        store.row_bytes_est))
+        if priority >= Priority.AGGREGATE:
+            victims.append((lambda n: _evict_aggregates(store, n), 256.0))
     for evict, row_bytes in victims:
         boost = 1
         while True:
@@ -82,16 +92,21 @@ def make_room(store: Store, need_pages: int, now_ms: int, *, deadletters: bool =
     return pc - free + need_pages <= budget
 
 
-def after_insert(store: Store, now_ms: int) -> tuple[int, int]:
-    """Restore `page_count <= budget` if the insert outgrew its estimate.  Returns pages()."""
+def after_insert(store: Store, now_ms: int, *, priority: Priority = Priority.RAW
+                 ) -> tuple[int, int]:
+    """Restore `page_count <= budget` if the insert outgrew its estimate.  Returns pages().
+
+    The estimate is generous (x1.25 + 2 pages), so this is rare; if nothing of a class the
+    insert may push out is left, the file stays over budget by that estimate error until
+    rows leave."""
     budget = store.settings.db_budget_pages
     pc, free = pages(store.conn)
     if pc <= budget:
         return pc, free
-    make_room(store, 0, now_ms)
+    make_room(store, 0, now_ms, priority=priority)
     pc, free = pages(store.conn)
     if pc > budget and free:
-        store.conn.execute(f"PRAGMA incremental_vacuum({min(free, pc - budget)})")
+        vacuum(store, min(free, pc - budget))
         pc, free = pages(store.conn)
     return pc, free
 
@@ -104,8 +119,16 @@ def reclaim(store: Store) -> int:
     if free <= threshold:
         return 0
     chunk = min(free - threshold // 2, max(16, store.settings.wal_limit // 2 // store.page_size))
-    store.conn.execute(f"PRAGMA incremental_vacuum({chunk})")
+    vacuum(store, chunk)
     return chunk
+
+
+def vacuum(store: Store, n_pages: int) -> None:
+    """Move `n_pages` free pages to the end of the file and truncate them off."""
+    # the pragma frees one page per step, and Python's sqlite3 steps a statement without
+    # result columns only once (executescript would step it through, but commits first)
+    for _ in range(n_pages):
+        store.conn.execute("PRAGMA incremental_vacuum(1)")
 
 
 def prune_seen(store: Store, now_ms: int) -> int:
@@ -144,12 +167,20 @@ def _evict_deadletters(store: Store, n: int) -> int:
 
 
 def _evict_raw(store: Store, n: int, protect_from_id: int | None) -> int:
+    """Delete up to `n` unclaimed raw readings, oldest (or newest) first.  Claimed readings
+    are id ranges of `claims`; only the gaps between them are touched."""
     newest = store.settings.eviction == Eviction.NEWEST_FIRST
-    guard = "" if protect_from_id is None else " AND id < ?"
-    args: tuple[int, ...] = (n,) if protect_from_id is None else (protect_from_id, n)
-    gone = store.conn.execute(
-        "DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE claim_id IS NULL"
-        f"{guard} ORDER BY id {'DESC' if newest else 'ASC'} LIMIT ?)", args).rowcount
+    gaps = store.tx.raw_gaps()
+    if protect_from_id is not None:
+        gaps = [(lo, min(hi, protect_from_id - 1)) for lo, hi in gaps if lo < protect_from_id]
+    order = "DESC" if newest else "ASC"
+    gone = 0
+    for lo, hi in (reversed(gaps) if newest else gaps):
+        gone += store.conn.execute(
+            "DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE id BETWEEN ? AND ?"
+            f" ORDER BY id {order} LIMIT ?)", (lo, hi, n - gone)).rowcount
+        if gone >= n:
+            break
     store.tx.rows[int(Priority.RAW)] -= gone
     store.bump("dropped.evicted.raw", gone)
     if gone:

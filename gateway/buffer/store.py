@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge.clock import Clock
 from edge.model import Event, Priority, Reading
@@ -28,6 +29,7 @@ from gateway.buffer.rows import (
     INSERT_EVENT,
     INSERT_READING,
     READING_COLS,
+    RECORD_ERRORS,
     Series,
     decode_event,
     decode_reading,
@@ -38,23 +40,74 @@ from gateway.buffer.schema import SCHEMA_VERSION, connect
 from gateway.buffer.settings import BufferSettings, Synchronous
 
 RAW, AGG, ALERT = int(Priority.RAW), int(Priority.AGGREGATE), int(Priority.ALERT)
+#: a claim's raw readings, as packed (first id, last id) pairs
+_RANGE = struct.Struct("<qq")
+
+
+def pack_ranges(ranges: tuple[tuple[int, int], ...]) -> bytes:
+    return b"".join(_RANGE.pack(a, b) for a, b in ranges)
+
+
+def unpack_ranges(blob: bytes) -> tuple[tuple[int, int], ...]:
+    return tuple(_RANGE.iter_unpack(bytes(blob)))
+
+
 _CLASS = {int(p): name for p, name in CLASS_NAMES.items()}
+
+#: above any row id SQLite hands out
+MAX_ID = 2**63 - 1
+
+
+class ClaimInfo(NamedTuple):
+    #: inclusive id ranges of the claimed raw readings, ascending
+    ranges: tuple[tuple[int, int], ...]
+    n_raw: int
+    n_events: int
 
 
 @dataclass
 class State:
-    """In-memory mirror of what the file holds; the committed copy is always consistent."""
+    """In-memory mirror of what the file holds; the committed copy is never mutated."""
 
     rows: dict[int, int] = field(default_factory=lambda: {RAW: 0, AGG: 0, ALERT: 0})
-    claimed: int = 0
-    claims: int = 0
+    claims: dict[int, ClaimInfo] = field(default_factory=dict)
     seen: int = 0
     deadletters: int = 0
     next_seq: int = 0
     counters: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> State:
-        return replace(self, rows=dict(self.rows), counters=dict(self.counters))
+        return replace(self, rows=dict(self.rows), claims=dict(self.claims),
+                       counters=dict(self.counters))
+
+    @property
+    def claimed(self) -> int:
+        return sum(c.n_raw + c.n_events for c in self.claims.values())
+
+    @property
+    def claimed_raw(self) -> int:
+        return sum(c.n_raw for c in self.claims.values())
+
+    def claimed_ranges(self) -> list[tuple[int, int, int]]:
+        """(first id, last id, seq) of every claimed raw range, ascending."""
+        return sorted((a, b, seq) for seq, c in self.claims.items() for a, b in c.ranges)
+
+    def raw_gaps(self) -> list[tuple[int, int]]:
+        """Inclusive id ranges holding only unclaimed raw readings, ascending."""
+        gaps = []
+        lo = 0
+        for a, b, _seq in self.claimed_ranges():
+            if a > lo:
+                gaps.append((lo, a - 1))
+            lo = max(lo, b + 1)
+        gaps.append((lo, MAX_ID))
+        return gaps
+
+    def raw_claim_of(self, row_id: int) -> int | None:
+        for a, b, seq in self.claimed_ranges():
+            if a <= row_id <= b:
+                return seq
+        return None
 
 
 @dataclass
@@ -124,10 +177,9 @@ class Store:
         st.rows[RAW] = c.execute("SELECT count(*) FROM readings").fetchone()[0]
         for prio, n in c.execute("SELECT prio, count(*) FROM events GROUP BY prio"):
             st.rows[prio] = n
-        st.claimed = (
-            c.execute("SELECT count(*) FROM readings WHERE claim_id IS NOT NULL").fetchone()[0]
-            + c.execute("SELECT count(*) FROM events WHERE claim_id IS NOT NULL").fetchone()[0])
-        st.claims = c.execute("SELECT count(*) FROM claims").fetchone()[0]
+        for seq, n_raw, n_events, ranges in c.execute(
+                "SELECT seq, n_raw, n_events, raw_ranges FROM claims"):
+            st.claims[seq] = ClaimInfo(unpack_ranges(ranges), n_raw, n_events)
         st.seen = c.execute("SELECT count(*) FROM seen").fetchone()[0]
         st.deadletters = c.execute("SELECT count(*) FROM deadletter").fetchone()[0]
         st.next_seq = c.execute("SELECT value FROM meta WHERE name = 'next_seq'").fetchone()[0]
@@ -276,8 +328,7 @@ class Store:
         try:
             with self.savepoint():
                 results = self._insert_all(batches, total)
-        except (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError, TypeError,
-                ValueError, AttributeError):
+        except RECORD_ERRORS:
             return self._insert_each(batches, now_ms)
         pc, free = space.after_insert(self, now_ms)
         self._learn_row_size(pc - free, sum(r.stored for r in results))
@@ -329,8 +380,7 @@ class Store:
                     rows = reading_rows(self.conn, self.series, b)
                     stored = self.conn.executemany(INSERT_READING, rows).rowcount
                     self._account(stored, len(b) - stored)
-            except (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError, TypeError,
-                    ValueError, AttributeError):
+            except RECORD_ERRORS:
                 self.bump("refused.invalid_record.raw", len(b))
                 results.append(AppendResult(refused=len(b), refused_reason="invalid_record"))
                 continue
@@ -360,7 +410,8 @@ class Store:
         """Aggregates and alerts.  Refused as a whole only when nothing can be evicted."""
         if not events:
             return AppendResult()
-        if not space.make_room(self, space.pages_for(self, len(events), per_row=256), now_ms):
+        if not space.make_room(self, space.pages_for(self, len(events), per_row=256), now_ms,
+                               priority=Priority.AGGREGATE):
             for e in events:
                 self.bump(f"refused.buffer_full.{_CLASS[int(e.priority)]}")
             return AppendResult(refused=len(events), refused_reason="buffer_full")
@@ -377,14 +428,13 @@ class Store:
                     else:
                         dups += 1
                         self.bump(f"duplicates.{cls}")
-        except (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError, TypeError,
-                ValueError, AttributeError):
+        except RECORD_ERRORS:
             for e in events:
                 self.bump(f"refused.invalid_record.{_CLASS[int(e.priority)]}")
             return AppendResult(refused=len(events), refused_reason="invalid_record")
         if stored:
             self._oldest_dirty = True
-        space.after_insert(self, now_ms)
+        space.after_insert(self, now_ms, priority=Priority.AGGREGATE)
         return AppendResult(stored=stored, duplicates=dups)
 
     # -- dead letters ------------------------------------------------------------------------
@@ -400,9 +450,13 @@ class Store:
                 raw = raw[:cap]
             rows.append((now_ms, source, peer, reason, detail, raw))
             self.bump(f"deadletter.{reason}")
-        space.make_room(self, space.pages_for(
-            self, len(rows), per_row=64 + sum(len(r[5]) for r in rows) / max(1, len(rows))),
-            now_ms, deadletters=False)
+        per_row = 64 + sum(len(r[5]) + len(r[4]) for r in rows) / max(1, len(rows))
+        if not space.make_room(self, space.pages_for(self, len(rows), per_row=per_row),
+                               now_ms, deadletter=True):
+            # full of data and no older dead letter left to make way: refuse, counted
+            for _t, _src, _peer, _reason, _detail, _raw in rows:
+                self.bump("deadletter_dropped.space")
+            return
         self.conn.executemany("INSERT INTO deadletter(t_ms, source, peer, reason, detail, raw)"
                               " VALUES (?, ?, ?, ?, ?, ?)", rows)
         self.tx.deadletters += len(rows)
@@ -474,9 +528,14 @@ class Store:
             if left <= 0:
                 break
             if p == Priority.RAW:
-                gone = self.conn.execute(
-                    "DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE claim_id IS"
-                    f" NULL{age} ORDER BY id LIMIT ?)", (*args, left)).rowcount
+                gone = 0
+                for lo, hi in self.tx.raw_gaps():
+                    gone += self.conn.execute(
+                        "DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE id"
+                        f" BETWEEN ? AND ?{age} ORDER BY id LIMIT ?)",
+                        (lo, hi, *args, left - gone)).rowcount
+                    if gone >= left:
+                        break
             else:
                 gone = self.conn.execute(
                     "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE claim_id IS"
@@ -499,9 +558,11 @@ class Store:
             if left <= 0:
                 break
             if p == Priority.RAW:
+                st = self.state if self._tx is None else self._tx
                 for row in self.conn.execute(
                         f"SELECT {READING_COLS} FROM readings ORDER BY id LIMIT ?", (left,)):
-                    out.append((p, row[0], row[-1], decode_reading(self.series, row)))
+                    out.append((p, row[0], st.raw_claim_of(row[0]),
+                                decode_reading(self.series, row)))
             else:
                 for row in self.conn.execute(
                         f"SELECT {EVENT_COLS} FROM events WHERE prio = ? ORDER BY id LIMIT ?",
@@ -527,7 +588,7 @@ class Store:
             flat[key] = {**{c: 0 for c in _CLASS.values()}, **flat[key]}
         return BufferStats(
             rows={_CLASS[p]: n for p, n in st.rows.items()},
-            claimed_rows=st.claimed, claims_in_flight=st.claims,
+            claimed_rows=st.claimed, claims_in_flight=len(st.claims),
             db_bytes=self.db_pages * self.page_size, wal_bytes=self.wal_bytes,
             used_bytes=(self.db_pages - self.free_pages) * self.page_size,
             max_bytes=self.settings.max_bytes,
