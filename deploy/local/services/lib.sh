@@ -30,6 +30,7 @@ svc_init() {
     SVC_LOG_DIR="$SVC_DIR/log"
     SVC_LOG="$SVC_LOG_DIR/$SVC_NAME.log"
     SVC_PIDFILE="$SVC_DIR/$SVC_NAME.pid"
+    # shellcheck disable=SC2034  # used by the service scripts
     SVC_CACHE="$FL_CACHE/$SVC_NAME"
     mkdir -p "$SVC_DIR" "$SVC_LOG_DIR"
 }
@@ -148,11 +149,15 @@ svc_stop() {
     say "stopped"
 }
 
-# svc_already_running: clears a stale pid file and kills orphans of a lost start, so start is
-# safe after kill -9. Returns 0 if the service is already running and healthy (caller exits).
+# svc_already_running: returns 0 if the service is already running (the caller is done).
+# Otherwise makes a start safe after kill -9: kills orphans of a lost start and waits until the
+# previous process is fully gone, zombie included (a server that checks its lock file with
+# kill(pid, 0), like PostgreSQL, would otherwise see its dead predecessor as alive).
 svc_already_running() {
-    local pid
-    if pid=$(svc_pid); then
+    local old="" p
+    # Read before svc_pid, which removes a stale pid file.
+    [[ -f $SVC_PIDFILE ]] && old=$(tr -dc '0-9' <"$SVC_PIDFILE")
+    if svc_pid >/dev/null; then
         return 0
     fi
     local orphans
@@ -161,9 +166,29 @@ svc_already_running() {
         warn "killing orphaned processes without a pid file: $orphans"
         # shellcheck disable=SC2086
         kill -9 $orphans 2>/dev/null || true
-        sleep 0.5
     fi
+    for p in $old $orphans; do svc_wait_gone "$p" 15; done
     return 1
+}
+
+# svc_wait_gone PID SECONDS: until PID is no longer this service's process, nor exiting, nor a
+# zombie (a reused pid that now belongs to something else is not waited for). A process killed
+# with -9 keeps its sockets and locks while the kernel tears it down (seconds for a big JVM),
+# and its command line reads empty meanwhile.
+svc_wait_gone() {
+    local deadline=$((SECONDS + $2))
+    _ours_or_zombie() {
+        local cmd
+        [[ -e /proc/$1 ]] || return 1
+        [[ $(awk '/^State/{print $2}' "/proc/$1/status" 2>/dev/null) == Z ]] && return 0
+        cmd=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+        [[ -z $cmd || $cmd == *"$SVC_MARKER"* ]]
+    }
+    while _ours_or_zombie "$1" && ((SECONDS < deadline)); do sleep 0.2; done
+    if _ours_or_zombie "$1"; then
+        warn "pid $1 still present after $2s"
+    fi
+    return 0
 }
 
 svc_usage() {

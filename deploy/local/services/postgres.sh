@@ -64,14 +64,36 @@ as_user() {
 # Chooses RUN_DIR (holds data/ and sock/) reachable by RUN_AS.
 pick_run_dir() {
     RUN_DIR=$_var_svc
+    FRESH_VAR=0
     if [[ -n $RUN_AS ]] && ! as_user test -x "$_var_svc"; then
         RUN_DIR="/tmp/fieldlink-postgres-$(printf '%s' "$FL_ROOT" | sha1sum | cut -c1-12)"
         mkdir -p "$RUN_DIR"
+        # No symlink yet means var/ was wiped (or this is a new clone at the same path): the
+        # cluster left in /tmp by an earlier one is stale and start() must not reuse it.
+        [[ -L $_var_svc/data ]] || FRESH_VAR=1
         ln -sfn "$RUN_DIR/data" "$_var_svc/data"
     fi
     DATA="$RUN_DIR/data"
     SOCK="$RUN_DIR/sock"
     SVC_MARKER=$DATA
+    # Names the backends' process titles ("postgres: <cluster>: checkpointer"), so the
+    # children of a postmaster killed with -9 can be found and cleared before a new start.
+    CLUSTER="fieldlink-$(printf '%s' "$DATA" | sha1sum | cut -c1-8)"
+}
+
+# Backends outlive a postmaster killed with -9 for a moment, holding its shared memory; a new
+# postmaster refuses to start until they are gone.
+kill_leftover_backends() {
+    local marker=$SVC_MARKER left p
+    SVC_MARKER="postgres: $CLUSTER:"
+    left=$(svc_orphans | tr '\n' ' ')
+    if [[ -n ${left// /} ]]; then
+        warn "killing backends left by a killed postmaster: $left"
+        # shellcheck disable=SC2086
+        kill -9 $left 2>/dev/null || true
+        for p in $left; do svc_wait_gone "$p" 15; done
+    fi
+    SVC_MARKER=$marker
 }
 
 init_cluster() {
@@ -116,12 +138,19 @@ start() {
     find_bindir
     pick_user
     pick_run_dir
+    # The server user may not be allowed into the caller's cwd (e.g. under /root).
+    cd "$RUN_DIR" || svc_fail "cannot enter $RUN_DIR"
     if svc_already_running; then
         say "already running (pid $(svc_pid)) on $FL_HOST:$PORT"
         return 0
     fi
     if port_in_use "$PORT"; then
         svc_fail "port $PORT is already in use by another process"
+    fi
+    kill_leftover_backends
+    if ((FRESH_VAR)) && [[ -d $DATA ]]; then
+        say "removing the stale cluster $DATA (var/ is new)"
+        rm -rf "$DATA"
     fi
     init_cluster
     say "starting PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on $FL_HOST:$PORT" \
@@ -131,7 +160,7 @@ start() {
     svc_spawn "${AS_USER[@]}" "$PG_BIN/postgres" -D "$DATA" -p "$PORT" -k "$SOCK" \
         -c listen_addresses="$FL_HOST" -c wal_level=logical -c max_replication_slots=10 \
         -c max_wal_senders=10 -c max_connections=100 -c fsync=off -c synchronous_commit=off \
-        -c full_page_writes=off -c logging_collector=off -c log_min_messages=warning
+        -c full_page_writes=off -c logging_collector=off -c cluster_name="$CLUSTER"
     svc_wait_ready "$READY_TIMEOUT" postgres --host "$FL_HOST" --port "$PORT"
     if [[ $(psql_local -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'") != 1 ]]; then
         psql_local -c "CREATE DATABASE \"$PG_DB\" OWNER \"$PG_USER\"" >>"$SVC_LOG" 2>&1 ||
