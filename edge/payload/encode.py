@@ -31,7 +31,7 @@ def to_message(r: Reading) -> dict[str, Any]:
     if r.facility is not None:
         loc["facility"] = r.facility
     if r.line is not None:
-        loc["line"] = int(r.line) if r.line.isdigit() else r.line
+        loc["line"] = int(r.line) if r.line.isascii() and r.line.isdigit() else r.line
     if r.zone is not None:
         loc["zone"] = r.zone
     if loc:
