@@ -25,6 +25,9 @@ die() {
     exit 1
 }
 
+# Where upstream installers put tools that a non-login shell may not have on PATH.
+PATH="$PATH:/usr/local/go/bin:/usr/sbin"
+
 SUDO=()
 if ((EUID != 0)); then
     SUDO=(sudo -n)

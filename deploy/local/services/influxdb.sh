@@ -30,6 +30,8 @@ build() {
     if [[ -x $BIN_DIR/influxd ]]; then
         return 0
     fi
+    # The upstream Go tarball's usual home, for shells that do not have it on PATH.
+    PATH="$PATH:/usr/local/go/bin"
     command -v go >/dev/null || return 1
     mkdir -p "$BIN_DIR"
     say "building influxd $INFLUX_VERSION with $(go version | cut -d' ' -f3) (once per machine;" \

@@ -85,8 +85,7 @@ EOF
 # reach java untouched (java expands the wildcard itself).
 java_cmd() {
     # -Xmx512m: the broker shares a 2-core CI box with the tests; plenty for test data.
-    JAVA=(java -Xms128m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20
-        -XX:TieredStopAtLevel=1 -Djava.awt.headless=true
+    JAVA=(java -Xms128m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
         "-Dlog4j.configuration=file:$SVC_DIR/log4j.properties"
         "-Dkafka.logs.dir=$SVC_LOG_DIR"
         -cp "$LIBS/*")
