@@ -1,0 +1,44 @@
+"""The batch wire codec: the only place batch bytes become readings (format v1).
+
+    from edge.codec import Batch, encode_batch, decode_batch, peek_header
+
+    frame = encode_batch(Batch(gateway_id="gw-1", sequence=42, created_ms=now_ms,
+                               readings=readings, events=events), compression="zstd")
+    header = peek_header(frame)          # checksum-verified, no decompression
+    batch = decode_batch(frame)          # DecodeError subclasses only; batch.header is set
+    assert batch == Batch("gw-1", 42, now_ms, readings, events)
+
+Frames are lossless, deterministic and checksummed; the byte layout and versioning rules are
+in docs/wire-format.md, the header in `edge.codec.header`, the body in `edge.codec.batch`.
+"""
+
+from edge.codec.batch import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_EVENTS,
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_READINGS,
+    Batch,
+    decode_batch,
+    encode_batch,
+    peek_header,
+)
+from edge.codec.header import COMPRESSIONS, HEADER_SIZE, MAGIC, VERSION, Header, batch_id
+
+FORMAT_VERSION = VERSION
+
+__all__ = [
+    "COMPRESSIONS",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_EVENTS",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "DEFAULT_MAX_READINGS",
+    "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "MAGIC",
+    "Batch",
+    "Header",
+    "batch_id",
+    "decode_batch",
+    "encode_batch",
+    "peek_header",
+]
