@@ -7,6 +7,8 @@
     │                  ├── Unauthorized        bad credentials or an ACL refusal
     │                  ├── ProtocolViolation   an MQTT client broke the protocol; it is
     │                  │                       disconnected and `reason` counted
+    │                  ├── ProvisionError      `fieldlink provision` refused its input
+    │                  │                       (exit 2); `problems` names each one
     │                  └── (edge) ValidationError, PayloadError, DecodeError, ConfigError
     └── PartialError                           some readings of a batch were rejected
 
@@ -59,3 +61,18 @@ class ProtocolViolation(FatalError):
 
 
 __all__ += ["ProtocolViolation"]
+
+
+class ProvisionError(FatalError):
+    """`fieldlink provision` cannot go on: a missing or invalid parameter, an image without a
+    FAT boot partition, a gateway id already provisioned, too little free space.  `problems`
+    lists one human sentence per problem (all are reported together); the command exits 2."""
+
+    reason = "provision"
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+__all__ += ["ProvisionError"]
