@@ -2,8 +2,12 @@
 
     edge.errors.FieldlinkError
     ├── RetriableError ── BrokerUnavailable   Kafka not reachable / not acknowledging: 503
-    │                  └── SinkUnavailable     InfluxDB or the archive store is down: retry
+    │                  ├── SinkUnavailable     InfluxDB or the archive store is down: retry
+    │                  └── ConsumerFenced      another member of the consumer group took the
+    │                                          partitions over: seek_to_committed and go on
     ├── FatalError ────── AuthFailed          bad signature, expired timestamp, replay: 401
+    │                  │                       (edge.signing.AuthError says which, by reason)
+    │                  ├── UnknownTopic        produced to a topic the bus does not have
     │                  └── (edge) DecodeError, ValidationError, ConfigError: 4xx, dead letter
     └── PartialError                           some records of a batch were rejected
 """
@@ -21,8 +25,9 @@ from edge.errors import (
 )
 
 __all__ = [
-    "AuthFailed", "BrokerUnavailable", "ConfigError", "DecodeError", "FatalError",
-    "FieldlinkError", "PartialError", "RetriableError", "SinkUnavailable", "ValidationError",
+    "AuthFailed", "BrokerUnavailable", "ConfigError", "ConsumerFenced", "DecodeError",
+    "FatalError", "FieldlinkError", "PartialError", "RetriableError", "SinkUnavailable",
+    "UnknownTopic", "ValidationError",
 ]
 
 
@@ -36,3 +41,15 @@ class SinkUnavailable(RetriableError):
 
 class AuthFailed(FatalError):
     reason = "auth_failed"
+
+
+class ConsumerFenced(RetriableError):
+    """A commit was refused because the group's partitions now belong to another member."""
+
+    reason = "consumer_fenced"
+
+
+class UnknownTopic(FatalError):
+    """The topic does not exist on the bus (ensure_topics was not run for it)."""
+
+    reason = "unknown_topic"
