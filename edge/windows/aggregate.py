@@ -36,8 +36,13 @@ AGGREGATES: tuple[str, ...] = ("count", "min", "max", "mean", "p50", "p95", "p99
 QUANTILES: tuple[tuple[str, float], ...] = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 
 
-def _finite(xs: list[float]) -> list[float | None]:
-    return [x if math.isfinite(x) else None for x in xs]
+def _column(arr: Any) -> list[Any]:
+    """A float array as a list, with non-finite values (overflow) as None."""
+    import numpy as np
+
+    if bool(np.isfinite(arr).all()):
+        return list(arr.tolist())
+    return [x if math.isfinite(x) else None for x in arr.tolist()]
 
 
 def compute_batch(values: array, times: array, counts: Sequence[int]
@@ -47,64 +52,57 @@ def compute_batch(values: array, times: array, counts: Sequence[int]
     `values` (array('d')) and `times` (array('q'), event ms) hold window 0's readings, then
     window 1's, ...; `counts[i]` is window i's reading count (>= 1).  Returns one dict per
     window with every name in `AGGREGATES`.
+
+    Windows are processed in groups of equal count, each group as one 2-D array with a row
+    per window, so sorting and reductions run along rows in C (a general segmented sort,
+    `lexsort` over window ids, is several times slower for the typical 10-value window).
     """
-    if not counts:
+    m = len(counts)
+    if not m:
         return []
     import numpy as np
 
     v = np.frombuffer(values, dtype=np.float64)
     t = np.frombuffer(times, dtype=np.int64)
     n = np.asarray(counts, dtype=np.int64)
-    m = len(n)
-    ends = np.cumsum(n)
-    starts = ends - n
-    seg = np.repeat(np.arange(m, dtype=np.int64), n)
+    starts = np.cumsum(n) - n
+    cols = {name: np.empty(m, dtype=np.float64) for name in AGGREGATES if name != "count"}
+    spans = np.empty(m, dtype=np.int64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for c in np.unique(n).tolist():
+            rows = np.flatnonzero(n == c)
+            idx = starts[rows][:, None] + np.arange(c)
+            V = v[idx]
+            T = t[idx]
+            S = np.sort(V, axis=1)
+            cols["min"][rows] = S[:, 0]
+            cols["max"][rows] = S[:, -1]
+            cols["mean"][rows] = V.mean(axis=1)
+            cols["stddev"][rows] = V.std(axis=1)
+            for name, q in QUANTILES:
+                # numpy.percentile(method="linear"): virtual index (n-1)*q, two-sided lerp
+                virtual = (c - 1) * q
+                lo = math.floor(virtual)
+                if virtual >= c - 1:
+                    cols[name][rows] = S[:, c - 1]
+                    continue
+                gamma = virtual - lo
+                a, b = S[:, lo], S[:, lo + 1]
+                diff = b - a
+                cols[name][rows] = (b - diff * (1 - gamma)) if gamma >= 0.5 else (a + diff * gamma)
+            t_first = T.min(axis=1)
+            t_last = T.max(axis=1)
+            first = np.where(T == t_first[:, None], V, np.inf).min(axis=1)
+            last = np.where(T == t_last[:, None], V, -np.inf).max(axis=1)
+            cols["first"][rows] = first
+            cols["last"][rows] = last
+            span = t_last - t_first
+            spans[rows] = span
+            cols["rate"][rows] = (last - first) / np.where(span > 0, span, 1) * 1000.0
+        cols["rate"][spans <= 0] = np.nan
 
-    by_value = v[np.lexsort((v, seg))]
-    mins = by_value[starts]
-    maxs = by_value[ends - 1]
-
-    with np.errstate(over="ignore", invalid="ignore"):
-        means = np.add.reduceat(v, starts) / n
-        dev = v - np.repeat(means, n)
-        stds = np.sqrt(np.add.reduceat(dev * dev, starts) / n)
-
-        quantiles = {}
-        last_index = (n - 1).astype(np.float64)
-        for name, q in QUANTILES:
-            virtual = last_index * q
-            prev = np.floor(virtual)
-            gamma = virtual - prev
-            at_top = virtual >= last_index
-            lo = np.where(at_top, last_index, prev).astype(np.int64)
-            hi = np.where(at_top, last_index, prev + 1).astype(np.int64)
-            a = by_value[starts + lo]
-            b = by_value[starts + hi]
-            diff = b - a
-            quantiles[name] = np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
-
-        by_time = np.lexsort((v, t, seg))
-        i_first = by_time[starts]
-        i_last = by_time[ends - 1]
-        firsts = v[i_first]
-        lasts = v[i_last]
-        spans = (t[i_last] - t[i_first]).astype(np.float64)
-        rates = (lasts - firsts) / np.where(spans > 0, spans, 1.0) * 1000.0
-
-    cols: dict[str, list[Any]] = {
-        "count": n.tolist(),
-        "min": _finite(mins.tolist()),
-        "max": _finite(maxs.tolist()),
-        "mean": _finite(means.tolist()),
-        "p50": _finite(quantiles["p50"].tolist()),
-        "p95": _finite(quantiles["p95"].tolist()),
-        "p99": _finite(quantiles["p99"].tolist()),
-        "stddev": _finite(stds.tolist()),
-        "first": _finite(firsts.tolist()),
-        "last": _finite(lasts.tolist()),
-        "rate": [r if s > 0 and math.isfinite(r) else None
-                 for r, s in zip(rates.tolist(), spans.tolist())],
-    }
-    names = AGGREGATES
-    columns = [cols[name] for name in names]
-    return [dict(zip(names, row)) for row in zip(*columns)]
+    out: dict[str, list[Any]] = {"count": n.tolist()}
+    for name, arr in cols.items():
+        out[name] = _column(arr)
+    columns = [out[name] for name in AGGREGATES]
+    return [dict(zip(AGGREGATES, row)) for row in zip(*columns)]

@@ -48,6 +48,10 @@ from edge.windows.result import Late, WindowResult
 from edge.windows.spec import WindowSpec
 
 _SWEEP_EVERY_MS = 60_000
+#: an idle deadline moving earlier by less than this keeps the queued one: arrival jitter
+#: would otherwise re-queue most series on most readings.  Idle closes may thus come up to
+#: this much later than the exact extrapolation (never earlier).
+_DEADLINE_SLACK_MS = 100
 _TAG_FIELDS = ("facility", "line", "zone")
 
 
@@ -63,9 +67,12 @@ class _Pane:
         self.bmin: float | None = None
 
 
+_NO_PANE = _Pane()
+
+
 class _Series:
     __slots__ = ("key", "measurement", "panes", "max_ts", "next_k", "close_end",
-                 "last_arrival", "last", "due", "deadline", "late")
+                 "last_arrival", "last", "due", "deadline", "late", "cur_p", "cur_pane")
 
     def __init__(self, key: str, measurement: str, last: Reading) -> None:
         self.key = key
@@ -81,6 +88,9 @@ class _Series:
         #: the earliest idle deadline this series has in the heap, if any
         self.deadline: int | None = None
         self.late = 0
+        #: the pane the last reading went to (most readings go to the same one)
+        self.cur_p: int | None = None
+        self.cur_pane = _NO_PANE
 
 
 _Sealed = tuple[_Series, int, list[_Pane], str]
@@ -138,23 +148,22 @@ class Windower:
             self.counters["missing_key"] += 1
             return Late(r, self.spec.id, r.device_id, "missing_key")
         ts = r.ts_ms
-        P = self._P
         s = self._series.get((key, r.measurement))
         if s is None:
-            s = _Series(key, r.measurement, r)
-            s.max_ts = ts
-            # the first window still open at this watermark: smallest k with k*P + S > W
-            s.next_k = (ts - self._L - self._S) // P + 1
-            s.close_end = s.next_k * P + self._S
-            self._series[(key, r.measurement)] = s
-        p = ts // P
-        if p < s.next_k:
-            s.late += 1
-            self.counters["late"] += 1
-            return Late(r, self.spec.id, key, "late")
-        pane = s.panes.get(p)
-        if pane is None:
-            pane = s.panes[p] = _Pane()
+            s = self._new_series(key, r)
+        p = ts // self._P
+        if p == s.cur_p:
+            pane = s.cur_pane
+        else:
+            if p < s.next_k:
+                s.late += 1
+                self.counters["late"] += 1
+                return Late(r, self.spec.id, key, "late")
+            found = s.panes.get(p)
+            if found is None:
+                found = s.panes[p] = _Pane()
+            s.cur_p = p
+            s.cur_pane = pane = found
         pane.ts.append(ts)
         pane.vals.append(r.value)
         bv = r.battery_voltage
@@ -170,10 +179,19 @@ class Windower:
         s.last_arrival = arrival_ms
         s.last = r
         deadline = arrival_ms + (s.close_end - s.max_ts) + self._idle
-        if s.deadline is None or deadline < s.deadline:
+        if s.deadline is None or deadline < s.deadline - _DEADLINE_SLACK_MS:
             s.deadline = deadline
             heapq.heappush(self._heap, (deadline, next(self._seq), s))
         return None
+
+    def _new_series(self, key: str, r: Reading) -> _Series:
+        s = _Series(key, r.measurement, r)
+        s.max_ts = r.ts_ms
+        # the first window still open at this watermark: smallest k with k*P + S > W
+        s.next_k = (r.ts_ms - self._L - self._S) // self._P + 1
+        s.close_end = s.next_k * self._P + self._S
+        self._series[(key, r.measurement)] = s
+        return s
 
     # -- closing -----------------------------------------------------------------------
 
@@ -233,6 +251,8 @@ class Windower:
                         del panes[p]
         s.next_k = target
         s.close_end = target * P + S
+        if s.cur_p is not None and s.cur_p < target:
+            s.cur_p = None
 
     def _drain(self) -> list[WindowResult]:
         sealed = self._sealed
