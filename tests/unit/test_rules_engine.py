@@ -281,3 +281,13 @@ def test_flush_closes_and_evaluates_open_windows() -> None:
     out = eng.flush(BASE_MS + 100)
     assert [a.closed_by for a in out.aggregates] == ["flush"]
     assert [t.transition for t in out.transitions] == ["firing"]
+
+
+def test_observe_many_gathers_transitions_and_refusals() -> None:
+    eng = engine({"id": "batt", "kind": "low_battery", "below": 3.3})
+    t = BASE_MS
+    out = eng.observe_many([Reading("d1", t, 20.0, battery_voltage=3.2),
+                            Reading("d2", t, 20.0, quality="bad"),
+                            Reading("d3", t, 20.0, battery_voltage=3.1)], now_ms=t)
+    assert [x.dedup_key for x in out.transitions] == ["batt:d1", "batt:d3"]
+    assert [x.reason for x in out.late] == ["bad_quality"]

@@ -237,3 +237,12 @@ def test_bad_durations(bad: object) -> None:
 def test_format_duration_round_trips() -> None:
     for ms in (500, 1000, 90_000, 300_000, 3_600_000, 86_400_000, 1500):
         assert parse_duration_ms(format_duration_ms(ms)) == ms
+
+
+def test_importing_windows_and_rules_does_not_need_numpy() -> None:
+    # the core `edge` install has no numpy: it may only be imported when a window closes
+    import subprocess
+    import sys
+    code = ("import sys; import edge.windows, edge.rules; "
+            "sys.exit(1 if 'numpy' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
