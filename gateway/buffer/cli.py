@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from edge.clock import SystemClock
+from edge.clock import Clock, SystemClock
 from edge.errors import FieldlinkError
 from edge.model import Event, Priority, Reading
 from gateway.buffer.results import CLASS_BY_NAME, CLASS_NAMES, BufferStats, DeadLetter
@@ -120,21 +120,21 @@ def resolve_db(args: argparse.Namespace) -> str:
     return str(path)
 
 
-def open_store(path: str) -> Store:
+def open_store(path: str, clock: Clock) -> Store:
     if not os.path.exists(path):
         raise UsageError(f"no buffer file at {path}")
-    return Store.open(BufferSettings(path=path, check_at_open=False), SystemClock(),
-                      create=False)
+    return Store.open(BufferSettings(path=path, check_at_open=False), clock, create=False)
 
 
-def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
+         clock: Clock | None = None) -> int:
     out = out or sys.stdout
     try:
         args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     try:
-        store = open_store(resolve_db(args))
+        store = open_store(resolve_db(args), clock or SystemClock())
     except UsageError as exc:
         print(f"fieldlink gateway queue: {exc}", file=sys.stderr)
         return 2
@@ -307,8 +307,9 @@ def count_purgeable(store: Store, classes: list[Priority], older_ms: int | None,
     total = 0
     for p in classes:
         if p == Priority.RAW:
-            sql = f"SELECT count(*) FROM readings WHERE claim_id IS NULL{age}"
-            total += store.conn.execute(sql, args).fetchone()[0]
+            sql = f"SELECT count(*) FROM readings WHERE id BETWEEN ? AND ?{age}"
+            for lo, hi in store.state.raw_gaps():
+                total += store.conn.execute(sql, (lo, hi, *args)).fetchone()[0]
         else:
             sql = f"SELECT count(*) FROM events WHERE claim_id IS NULL AND prio = ?{age}"
             total += store.conn.execute(sql, (int(p), *args)).fetchone()[0]
