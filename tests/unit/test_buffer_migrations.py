@@ -50,7 +50,7 @@ ALERT = Event(kind="alert", key=b"A" * 16, ts_ms=T0 + 5, device_id="sensor_1",
 def write_v1_file(path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.executescript(V1_SQL)
-    series: dict[tuple[str, ...], int] = {}
+    series: dict[tuple[str | None, ...], int] = {}
     for r in READINGS:
         skey = (r.device_id, r.measurement, r.unit, r.facility, r.line, r.zone)
         if skey not in series:
