@@ -46,7 +46,7 @@ import msgpack
 from edge.codec.columns import decode_ints, encode_ints, expand
 from edge.codec.floats import decode_floats, encode_floats
 from edge.codec.strings import decode_strings, encode_strings
-from edge.errors import MalformedFrame, Oversize, WrongType
+from edge.errors import MalformedFrame, Oversize, TimestampOutOfRange, WrongType
 from edge.model import Event, Reading
 
 #: total characters the string table of one frame may expand to
@@ -57,7 +57,9 @@ _BODY_ITEMS = 12
 _HOIST_MIN = 64
 #: msgpack ext type of a reference into the blob table
 BLOB_REF = 1
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+#: times are differenced against each other; within +-2**62 ms (146 million years) every
+#: difference stays an int64
+_TIME_LIMIT = 2**62
 #: how the order section gives the input order
 ORDER_EXPLICIT, ORDER_BY_RECEIVED = 0, 1
 #: how the times section holds ts_ms and received_ms
@@ -67,7 +69,8 @@ TIMES_ABSOLUTE, TIMES_RECEIVED_RELATIVE, TIMES_TS_RELATIVE = 0, 1, 2
 # --------------------------------------------------------------------------- encode
 
 
-def _check_ints(name: str, values: Sequence[Any], optional: bool = False) -> None:
+def _check_ints(name: str, values: Sequence[Any], optional: bool = False,
+                limit: int = 2**63) -> None:
     types = set(map(type, values))
     types.discard(int)
     if optional:
@@ -76,8 +79,10 @@ def _check_ints(name: str, values: Sequence[Any], optional: bool = False) -> Non
         raise WrongType(f"{name} must be int, got {sorted(t.__name__ for t in types)}",
                         field=name)
     present = [v for v in values if v is not None] if optional else values
-    if present and (min(present) < _I64_MIN or max(present) > _I64_MAX):
-        raise Oversize(f"{name} outside the signed 64-bit range", field=name)
+    if present and (min(present) < -limit or max(present) >= limit):
+        error = TimestampOutOfRange if limit == _TIME_LIMIT else Oversize
+        raise error(f"{name} outside -2**{limit.bit_length() - 1}..2**"
+                    f"{limit.bit_length() - 1}", field=name)
 
 
 def _check_floats(name: str, values: Sequence[Any], optional: bool = False) -> None:
@@ -202,11 +207,11 @@ def encode_body(readings: Sequence[Reading], events: Sequence[Event]) -> list[by
     received = [r.received_ms for r in rows]
     sensor_ts = [r.sensor_ts_ms for r in rows]
     flags = [r.flags for r in rows]
-    _check_ints("ts_ms", ts)
-    _check_ints("received_ms", received)
+    _check_ints("ts_ms", ts, limit=_TIME_LIMIT)
+    _check_ints("received_ms", received, limit=_TIME_LIMIT)
+    _check_ints("sensor_ts_ms", sensor_ts, optional=True, limit=_TIME_LIMIT)
     _check_ints("flags", flags)
     _check_ints("seq", seq, optional=True)
-    _check_ints("sensor_ts_ms", sensor_ts, optional=True)
     _check_floats("value", values)
     _check_floats("battery_voltage", battery, optional=True)
 

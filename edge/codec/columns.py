@@ -55,6 +55,7 @@ _PACKED_MAX = 64
 
 #: the widest zig-zag value a column may hold: 9 bytes covers a delta-of-delta of int64s
 MAX_WIDTH = 9
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 
 
 # --------------------------------------------------------------------------- zig-zag, planes
@@ -90,7 +91,7 @@ def pack_planes(zs: Sequence[int]) -> Planes:
 
 def unpack_planes(blob: Any, count: int) -> list[int]:
     """Inverse of `pack_planes` for `count` values; the width is len(blob) / count."""
-    if type(blob) is not bytes:
+    if not isinstance(blob, bytes):
         raise MalformedFrame("column planes are not bytes")
     if count == 0 or not blob:
         if blob:
@@ -115,7 +116,7 @@ _UNZIGZAG_BYTE = [unzigzag(z) for z in range(256)]
 
 def _signed(blob: Any, count: int) -> list[int]:
     """unzigzag(unpack_planes(...)), table-driven for the common one-byte width."""
-    if type(blob) is bytes and len(blob) == count:
+    if isinstance(blob, bytes) and len(blob) == count:
         return list(map(_UNZIGZAG_BYTE.__getitem__, blob))
     return [(z >> 1) ^ -(z & 1) for z in unpack_planes(blob, count)]
 
@@ -130,23 +131,35 @@ def _median(xs: Sequence[int]) -> int:
 def _cost(zs: list[int], top: int) -> int:
     """Estimated bits once zstd has entropy-coded zig-zagged values `zs` (largest: `top`).
 
-    A short column is paid as stored (too little for zstd to model).  Otherwise the low byte
-    is costed by its order-0 entropy plus a few bits per distinct symbol (the code table), or
-    by a sequence per byte that breaks the run of the commonest one when that is more; higher
-    bytes by their significant bits.  Rough, but it ranks the modes of a column and is cheap
-    enough to run on every candidate.
+    A short column is paid as stored (too little for zstd to model).  Otherwise the low and
+    the second byte planes are costed by their order-0 entropy plus a few bits per distinct
+    byte (the code table) — or, when one byte value is nearly all of a plane, by a sequence
+    per other byte — and higher bytes by their significant bits.  Rough, but it ranks the
+    modes of a column and is cheap enough to run on every candidate.
     """
     n = len(zs)
     if not n:
         return 0
     if n < _SMALL:
         return 8 * n * ((top.bit_length() + 7) // 8)
-    counts = Counter(bytes(zs) if top <= 0xFF else bytes([z & 0xFF for z in zs])).values()
-    bits = n * math.log2(n) - sum(c * math.log2(c) for c in counts) + 4 * len(counts)
-    bits = max(bits, _SEQUENCE_BITS * (n - max(counts)))
+    bits = _entropy(bytes(zs) if top <= 0xFF else bytes([z & 0xFF for z in zs]))
     if top > 0xFF:
-        bits += sum(map(int.bit_length, [z >> 8 for z in zs]))
+        bits += _entropy(bytes([(z >> 8) & 0xFF for z in zs]))
+    if top > 0xFFFF:
+        bits += sum(map(int.bit_length, [z >> 16 for z in zs]))
     return round(bits)
+
+
+def _entropy(plane: bytes) -> float:
+    n = len(plane)
+    counts = Counter(plane).values()
+    bits = n * math.log2(n) - sum(c * math.log2(c) for c in counts) + 4 * len(counts)
+    breaks = n - max(counts)
+    if breaks * 16 < n:
+        # nearly one byte value: zstd codes its runs as matches, and every other byte costs
+        # a sequence, which order-0 entropy underestimates
+        bits = max(bits, _SEQUENCE_BITS * breaks)
+    return bits
 
 
 def _zz(x: int) -> int:
@@ -160,6 +173,8 @@ def _flat(xs: list[int]) -> tuple[Any, int]:
         return 0, 8
     ordered = sorted(xs)
     low, mid, high = ordered[0], ordered[n // 2], ordered[-1]
+    if low < I64_MIN or high > I64_MAX:
+        raise ValueError("integer column outside the signed 64-bit range")
     if low == high:
         return low, 8 * len(packb(low))
     # zig-zag is inlined in the comprehensions (they are most of the encoder's time); it is
@@ -174,9 +189,13 @@ def _flat(xs: list[int]) -> tuple[Any, int]:
     deltas = [b - a for a, b in zip(xs, xs[1:])]
     ordered = sorted(deltas)
     off = ordered[len(deltas) // 2]
-    candidates.append(([DELTA, xs[0], off], [((e := d - off) << 1) ^ (e >> 127) for d in deltas],
-                       max(_zz(ordered[0] - off), _zz(ordered[-1] - off))))
-    if n >= 3:
+    # parameters must fit msgpack's integers; planes may be 9 bytes wide, enough for the
+    # zig-zagged delta-of-delta of any int64 column
+    if I64_MIN <= off <= I64_MAX:
+        candidates.append(([DELTA, xs[0], off],
+                           [((e := d - off) << 1) ^ (e >> 127) for d in deltas],
+                           max(_zz(ordered[0] - off), _zz(ordered[-1] - off))))
+    if n >= 3 and I64_MIN <= deltas[0] <= I64_MAX:
         dods = [((e := b - a) << 1) ^ (e >> 127) for a, b in zip(deltas, deltas[1:])]
         candidates.append(([DOD, xs[0], deltas[0]], dods, max(dods)))
     best: Any = None
@@ -221,10 +240,11 @@ def _split(xs: Sequence[int], lengths: Sequence[int]) -> list[Sequence[int]]:
 
 
 def encode_ints(xs: list[int], lengths: Sequence[int] | None = None) -> tuple[Any, int]:
-    """The cheapest icol spec for `xs` and its cost in significant bits (deterministic).
+    """The cheapest icol spec for `xs` and its estimated cost in bits (deterministic).
 
-    With `lengths` (runs of xs summing to len(xs); empty runs are ignored) the run-wise
-    modes RUNS and GRID are costed too.
+    `xs` must lie in the signed 64-bit range (ValueError otherwise).  With `lengths` (runs of
+    xs summing to len(xs); empty runs are ignored) the run-wise modes RUNS and GRID are
+    costed too.
     """
     best, best_cost = _flat(xs)
     runs = _split(xs, [length for length in lengths if length]) if lengths else []
@@ -233,6 +253,8 @@ def encode_ints(xs: list[int], lengths: Sequence[int] | None = None) -> tuple[An
     heads = [run[0] for run in runs]
     head_spec, head_cost = _flat(heads)
     deltas = [b - a for run in runs for a, b in zip(run, run[1:])]
+    if not _in_i64(deltas):
+        return best, best_cost
     spec, cost = _flat(deltas)
     if head_cost + cost < best_cost:
         best, best_cost = [RUNS, head_spec, spec], head_cost + cost
@@ -245,12 +267,18 @@ def encode_ints(xs: list[int], lengths: Sequence[int] | None = None) -> tuple[An
         offset = _median(late) if late else (offsets[-1] if offsets else 0)
         offsets.append(offset)
         residuals += [v - offset for v in late]
+    if not (_in_i64(offsets) and _in_i64(residuals)):
+        return best, best_cost
     offset_spec, offset_cost = _flat(offsets)
     spec, cost = _flat(residuals)
     if head_cost + offset_cost + cost < best_cost:
         best = [GRID, head_spec, period, offset_spec, spec]
         best_cost = head_cost + offset_cost + cost
     return best, best_cost
+
+
+def _in_i64(xs: list[int]) -> bool:
+    return not xs or (I64_MIN <= min(xs) and max(xs) <= I64_MAX)
 
 
 def _int(x: Any, what: str) -> int:
@@ -291,7 +319,7 @@ def decode_ints(spec: Any, count: int, lengths: Sequence[int] | None = None) -> 
                                initial=first))
     if mode == PACKED and len(spec) == 4:
         low, bits, data = _int(spec[1], "minimum"), _int(spec[2], "bits"), spec[3]
-        if not (count <= _PACKED_MAX and 1 <= bits <= MAX_WIDTH * 8 and type(data) is bytes
+        if not (count <= _PACKED_MAX and 1 <= bits <= MAX_WIDTH * 8 and isinstance(data, bytes)
                 and len(data) == (count * bits + 7) // 8):
             raise MalformedFrame("bit-packed column of the wrong size")
         big = int.from_bytes(data, "little")
