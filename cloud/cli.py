@@ -8,6 +8,8 @@ from edge.cli import dispatch
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("cloud.checkconfig:main", "validate cloud.yaml and exit"),
+    "ingest": ("cloud.ingest.app:main", "receive signed gateway batches and produce them to "
+                                        "the bus"),
 }
 
 

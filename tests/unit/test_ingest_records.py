@@ -1,0 +1,183 @@
+"""The pure parts of cloud ingest: record planning, validation, reading de-duplication."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cloud.ingest.dedup import RecentKeys, reading_identity
+from cloud.ingest.records import deadletter_frame, deadletter_items, plan_records
+from cloud.ingest.validate import check_events, check_readings
+from edge.codec import Batch, decode_batch, encode_batch, peek_header
+from edge.model import FLAG_CLOCK_SKEW, FLAG_TS_MISSING, Event, Reading
+
+T0 = 1_705_322_445_000
+
+
+def _readings(n: int, lines: int = 3, devices: int = 6) -> list[Reading]:
+    return [Reading(device_id=f"dev-{i % devices}", ts_ms=T0 + i, value=20.0 + i / 100,
+                    unit="celsius", facility="plant-a", line=str((i % devices) % lines),
+                    seq=i // devices, received_ms=T0 + i + 3) for i in range(n)]
+
+
+def _frame(readings: list[Reading], events: list[Event] | None = None, seq: int = 7) -> bytes:
+    return encode_batch(Batch("gw-1", seq, T0, readings, events or []), "zstd")
+
+
+def _decode_all(records) -> list[Reading]:  # type: ignore[no-untyped-def]
+    return [r for _, value, _ in records for r in decode_batch(value).readings]
+
+
+def test_readings_grouped_by_facility_line_in_batch_order() -> None:
+    readings = _readings(60)
+    frame = _frame(readings)
+    plan = plan_records(peek_header(frame), frame, readings, [], key_mode="facility_line")
+    assert not plan.passthrough
+    assert sorted(k or b"" for k, _, _ in plan.readings) == [b"plant-a/0", b"plant-a/1", b"plant-a/2"]
+    for key, value, headers in plan.readings:
+        batch = decode_batch(value)
+        assert (batch.gateway_id, batch.sequence, batch.created_ms) == ("gw-1", 7, T0)
+        assert batch.readings == [r for r in readings if f"plant-a/{r.line}".encode() == key]
+        h = dict(headers)
+        assert h["fl-batch"] == b"gw-1:7" and h["fl-gateway"] == b"gw-1"
+        assert h["fl-format"] == b"1" and h["fl-count"] == str(len(batch.readings)).encode()
+    assert [dict(h)["fl-part"] for _, _, h in plan.readings] == [b"1/3", b"2/3", b"3/3"]
+    assert sorted(_decode_all(plan.readings), key=lambda r: r.ts_ms) == readings
+
+
+def test_device_keys_and_deterministic_records() -> None:
+    readings = _readings(30)
+    frame = _frame(readings)
+    a = plan_records(peek_header(frame), frame, readings, [], key_mode="device")
+    b = plan_records(peek_header(frame), frame, readings, [], key_mode="device")
+    assert a.readings == b.readings
+    assert sorted(k or b"" for k, _, _ in a.readings) == [f"dev-{i}".encode() for i in range(6)]
+
+
+def test_untagged_readings_are_keyed_by_device() -> None:
+    readings = [Reading("d1", T0, 1.0), Reading("d2", T0, 2.0, line="7")]
+    frame = _frame(readings)
+    plan = plan_records(peek_header(frame), frame, readings, [])
+    assert sorted(k or b"" for k, _, _ in plan.readings) == [b"-/7", b"d1"]
+
+
+def test_single_key_batch_is_forwarded_as_received() -> None:
+    readings = _readings(40, lines=1)
+    frame = _frame(readings)
+    plan = plan_records(peek_header(frame), frame, readings, [], unchanged=True)
+    assert plan.passthrough
+    assert plan.readings == [(b"plant-a/0", frame, [
+        ("fl-format", b"1"), ("fl-gateway", b"gw-1"), ("fl-batch", b"gw-1:7"),
+        ("fl-part", b"1/1"), ("fl-count", b"40")])]
+    # not when something was dropped: then the frame is re-encoded
+    changed = plan_records(peek_header(frame), frame, readings[1:], [], unchanged=False)
+    assert not changed.passthrough and _decode_all(changed.readings) == readings[1:]
+
+
+def test_oversized_groups_are_split_in_order() -> None:
+    readings = _readings(400, lines=1)
+    frame = _frame(readings)
+    plan = plan_records(peek_header(frame), frame, readings, [], max_record_bytes=600,
+                        compression="none", unchanged=True)
+    assert len(plan.readings) > 2
+    assert all(len(v) <= 600 for _, v, _ in plan.readings)
+    assert {k for k, _, _ in plan.readings} == {b"plant-a/0"}
+    assert _decode_all(plan.readings) == readings
+
+
+def test_events_go_to_their_topics_keyed_by_device() -> None:
+    events = [Event("aggregate", b"k" * 16, T0, "dev-1", {"mean": 1.5}),
+              Event("alert", b"a" * 16, T0 + 1, "dev-2", {"state": "firing"}),
+              Event("aggregate", b"j" * 16, T0 + 2, "dev-3", {"mean": 2.5})]
+    frame = _frame([], events)
+    plan = plan_records(peek_header(frame), frame, [], events)
+    assert plan.readings == []
+    assert sorted(k or b"" for k, _, _ in plan.aggregates) == [b"dev-1", b"dev-3"]
+    assert [decode_batch(v).events for _, v, _ in plan.alerts] == [[events[1]]]
+
+
+def test_dead_letters_keep_the_body_or_the_refused_items() -> None:
+    body = b"\x00" * 100
+    key, value, headers = deadletter_frame(body, reason="malformed", detail="bad magic",
+                                           gateway_id="gw-1", batch_id=None,
+                                           max_record_bytes=64)
+    h = dict(headers)
+    assert key == b"gw-1" and value == body[:64] and h["fl-truncated"] == b"100"
+    assert h["fl-reason"] == b"malformed" and h["fl-stage"] == b"frame"
+    bad = [Reading("dev-1", 5, 1.0), Reading("dev-2", T0, math.inf)]
+    frame = _frame(bad)
+    (record,) = deadletter_items(peek_header(frame), frame, bad, [],
+                                 ["timestamp_out_of_range", "non_finite"], detail="x",
+                                 compression="none", max_record_bytes=10_000)
+    h = dict(record[2])
+    assert decode_batch(record[1]).readings == bad
+    assert json.loads(h["fl-reasons"]) == ["timestamp_out_of_range", "non_finite"]
+    assert h["fl-stage"] == b"reading"
+
+
+def test_validation_refuses_per_item() -> None:
+    good = _readings(5)
+    bad = [Reading("dev-1", 5, 1.0), Reading("dev-2", T0, math.nan),
+           Reading("bad id/x#", T0, 1.0), Reading("dev-3", T0, 1.0, quality="great"),
+           Reading("dev-4", T0, 1.0, battery_voltage=-math.inf)]
+    accepted, refused, reasons = check_readings([good[0], *bad, *good[1:]])
+    assert accepted == good and refused == bad
+    assert reasons == ["timestamp_out_of_range", "non_finite", "invalid_device_id",
+                       "invalid_quality", "non_finite"]
+    assert check_readings(good) == (good, [], [])
+    events = [Event("aggregate", b"k" * 16, T0, "dev-1"), Event("oops", b"k", T0, "dev-1"),
+              Event("alert", b"", T0, "dev-1"), Event("alert", b"k", 1, "dev-1")]
+    accepted_e, refused_e, reasons_e = check_events(events)
+    assert accepted_e == events[:1] and refused_e == events[1:]
+    assert reasons_e == ["unknown_event_kind", "invalid_key", "timestamp_out_of_range"]
+
+
+def test_recent_keys_drop_repeats_within_and_across_batches() -> None:
+    keys = RecentKeys(capacity=10)
+    a = _readings(4)
+    fresh, ids, dups = keys.split("gw-1", a + a[:1])
+    assert fresh == a and dups == 1
+    # not remembered until produced: a retry after a failure is not a duplicate
+    assert keys.split("gw-1", a)[2] == 0
+    keys.remember("gw-1", ids)
+    fresh, _, dups = keys.split("gw-1", a[2:] + _readings(6)[4:])
+    assert fresh == _readings(6)[4:] and dups == 2
+    assert keys.split("gw-2", a)[2] == 0  # per gateway
+    # bounded: two generations of capacity / 2
+    for n in range(5):
+        keys.remember("gw-1", [hash(("x", n, i)) for i in range(5)])
+    assert keys.size("gw-1") <= 10
+    assert keys.split("gw-1", a)[2] == 0  # forgotten beyond the horizon
+
+
+_text = st.text(st.sampled_from("ab"), min_size=1, max_size=2)
+_readings_st = st.builds(
+    Reading, device_id=_text, ts_ms=st.integers(T0, T0 + 3),
+    value=st.sampled_from([0.0, 1.5, 2.0]), measurement=_text,
+    seq=st.none() | st.integers(0, 2), received_ms=st.integers(T0, T0 + 2),
+    sensor_ts_ms=st.none() | st.integers(T0, T0 + 2),
+    flags=st.sampled_from([0, FLAG_TS_MISSING, FLAG_CLOCK_SKEW]))
+
+
+@given(a=_readings_st, b=_readings_st)
+def test_identity_has_the_equality_of_the_idempotency_key(a: Reading, b: Reading) -> None:
+    assert (reading_identity(a) == reading_identity(b)) == (
+        a.idempotency_key() == b.idempotency_key())
+
+
+def test_identity_tells_negative_zero_apart_like_the_key() -> None:
+    a, b = Reading("d", T0, 0.0), Reading("d", T0, -0.0)
+    assert a.idempotency_key() != b.idempotency_key()
+    assert reading_identity(a) != reading_identity(b)
+
+
+@pytest.mark.parametrize("mode", ["facility_line", "device"])
+def test_plan_accepts_every_key_mode(mode: str) -> None:
+    readings = _readings(10)
+    frame = _frame(readings)
+    assert _decode_all(plan_records(peek_header(frame), frame, readings, [],
+                                    key_mode=mode).readings)
