@@ -203,11 +203,22 @@ class Broker:
         message of its topic.  Returns the number of subscribers reached."""
         if store:
             self.retained.set(msg)
+        if not self.tree.count:
+            return 0
         targets = self.tree.match(msg.topic)
         qos = msg.qos
         for sub, sub_qos in targets.items():
             sub.deliver(msg, sub_qos if sub_qos < qos else qos, False)  # type: ignore[attr-defined]
         return len(targets)
+
+    def route_reading(self, topic: str, topic_bytes: bytes, payload: bytes, qos: int,
+                      retain: bool) -> None:
+        """Route a committed reading; it becomes its topic's retained message when the sensor
+        flagged it or `retain_last_reading` is on."""
+        if retain or self.settings.retain_last_reading:
+            self.retained.put(topic, payload, qos)
+        if self.tree.count:
+            self.route(Message(topic, payload, qos, retain, topic_bytes), store=False)
 
     # -- the in-process API -----------------------------------------------------------------
 

@@ -50,6 +50,7 @@ NEW, AUTH, CONNECTED, CLOSED = 0, 1, 2, 3
 
 _Task = asyncio.Task
 _current_task = asyncio.current_task
+_PUBACK = [codec.puback(pid) for pid in range(65536)]
 
 
 class _Topic:
@@ -66,8 +67,17 @@ class _Topic:
 class MqttConnection(asyncio.Protocol):
     TOPIC_CACHE_MAX = 64
 
+    # 10,000 of these live at once: slots keep each one small
+    __slots__ = ("broker", "listener", "transport", "peer", "state", "buf", "need", "opened",
+                 "last_rx", "ka_timeout", "client_id", "role", "username", "session", "will",
+                 "publish_will", "write_paused", "read_paused", "acks", "pending_qos2",
+                 "topics", "identity", "auth_task", "max_packet", "max_inflight_in", "_now",
+                 "_counters")
+
     def __init__(self, broker: Broker, listener: str = "tcp") -> None:
         self.broker = broker
+        self._now = broker.clock.monotonic
+        self._counters = broker.counters
         self.listener = listener
         self.transport: Any = None
         self.peer = ""
@@ -146,8 +156,8 @@ class MqttConnection(asyncio.Protocol):
             self.session.drain()
 
     def data_received(self, data: bytes) -> None:
-        self.last_rx = self.broker.clock.monotonic()
-        self.broker.counters.bytes_in += len(data)
+        self.last_rx = self._now()
+        self._counters.bytes_in += len(data)
         if self.state == CLOSED:
             return
         if self.buf:
@@ -244,10 +254,24 @@ class MqttConnection(asyncio.Protocol):
         topic = self.topics.get(tkey)
         if topic is None:
             topic = self._resolve_topic(tkey)
-        broker = self.broker
-        broker.counters.messages_in += 1
+        self._counters.messages_in += 1
         payload = data[ps:end]
-        retain = bool(b0 & 1)
+        retain = b0 & 1 == 1
+        if topic.origin is not None and qos < 2:  # the common case: a sensor reading
+            slot: list[bytes | None] | None = None
+            if qos:
+                slot = [None]
+                acks = self.acks
+                acks.append(slot)
+                if len(acks) >= self.max_inflight_in and not self.read_paused:
+                    self.read_paused = True
+                    self.transport.pause_reading()
+            broker = self.broker
+            # asyncio.Task directly, and no done-callback: this runs 10,000 times a second
+            broker.tasks.add(_Task(self._ingest(payload, topic, tkey, qos, pid, retain, slot),
+                                   loop=broker.loop, name="mqtt-ingest"))
+            return
+        broker = self.broker
         if not topic.allowed:
             broker.counters.acl_refused_publish += 1
             broker.limited.warning(f"acl:{self.username}", "MQTT publish refused by the ACL",
@@ -262,16 +286,12 @@ class MqttConnection(asyncio.Protocol):
             broker.route(Message(topic.name, payload, qos, retain, tkey), store=retain)
             self._answer_taken(qos, pid)
             return
-        slot: list[bytes | None] | None = None
-        if qos:
-            slot = [None]
-            self.acks.append(slot)
-            if qos == 2:
-                self.pending_qos2.add(pid)
-            if len(self.acks) >= self.max_inflight_in and not self.read_paused:
-                self.read_paused = True
-                self.transport.pause_reading()
-        # asyncio.Task directly, and no done-callback: this runs 10,000 times a second
+        slot = [None]  # a QoS 2 reading
+        self.acks.append(slot)
+        self.pending_qos2.add(pid)
+        if len(self.acks) >= self.max_inflight_in and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
         broker.tasks.add(_Task(self._ingest(payload, topic, tkey, qos, pid, retain, slot),
                                loop=broker.loop, name="mqtt-ingest"))
 
@@ -323,25 +343,34 @@ class MqttConnection(asyncio.Protocol):
             self.close()
             return
         broker.tasks.discard(_current_task())  # type: ignore[arg-type]
+        counters = self._counters
         if outcome.rejected is not None:
-            bump(broker.counters.readings_rejected, outcome.rejected)
+            bump(counters.readings_rejected, outcome.rejected)
         else:
-            broker.counters.readings_accepted += 1
-            broker.route(Message(topic.name, payload, qos, retain, tkey),
-                         store=retain or broker.settings.retain_last_reading)
+            counters.readings_accepted += 1
+            broker.route_reading(topic.name, tkey, payload, qos, retain)
         if slot is None:
             return
-        if qos == 2:
+        if qos == 1:
+            slot[0] = _PUBACK[pid]
+        else:
             self.pending_qos2.discard(pid)
             session = self.session
             if session is not None:
                 session.awaiting_rel.add(pid)
             slot[0] = codec.pubrec(pid)
-        else:
-            slot[0] = codec.puback(pid)
-        if self.state != CLOSED:
-            broker.counters.readings_acked += 1
-        self._flush_acks()
+        if self.state == CLOSED:
+            self.acks.clear()
+            return
+        counters.readings_acked += 1
+        acks = self.acks
+        if len(acks) == 1:  # nothing ahead of it: the common case
+            acks.clear()
+            self.send(slot[0])  # type: ignore[arg-type]
+            if self.read_paused:
+                self._flush_acks()
+        elif acks[0] is slot:
+            self._flush_acks()
 
     def _ack(self, packet: bytes) -> None:
         """Send an acknowledgement, behind any that still wait for a commit (§4.6 order)."""
@@ -353,13 +382,12 @@ class MqttConnection(asyncio.Protocol):
 
     def _flush_acks(self) -> None:
         acks = self.acks
-        if not acks or acks[0][0] is None:
-            return
-        out = []
-        while acks and acks[0][0] is not None:
-            out.append(acks.popleft()[0])
-        if self.state != CLOSED:
-            self.send(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[arg-type]
+        if acks and acks[0][0] is not None:
+            out = []
+            while acks and acks[0][0] is not None:
+                out.append(acks.popleft()[0])
+            if self.state != CLOSED:
+                self.send(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[arg-type]
         if self.read_paused and len(acks) <= self.max_inflight_in // 2 and self.state != CLOSED:
             self.read_paused = False
             self.transport.resume_reading()
@@ -518,7 +546,7 @@ class MqttConnection(asyncio.Protocol):
 
     def send(self, data: bytes) -> None:
         if self.state != CLOSED:
-            self.broker.counters.bytes_out += len(data)
+            self._counters.bytes_out += len(data)
             self.transport.write(data)
 
     def close(self) -> None:
