@@ -8,6 +8,7 @@ from edge.cli import dispatch
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("firmware_sim.run:main", "run a simulated sensor fleet against a gateway"),
+    "ledger": ("firmware_sim.ledger_cli:main", "summarise a ledger written by `sim run`"),
 }
 
 

@@ -1,0 +1,300 @@
+"""The fleet: every simulated device on one asyncio loop, sending on schedule.
+
+    async with Fleet(cfg) as fleet:            # opens the ledger, starts paced connects
+        summary = await fleet.run(duration_s)  # waits for connects, sends, drains acks
+    fleet.summary()                            # the same dictionary, final after exit
+
+Who does what: `DeviceModel` (pure) decides what each device sends at each tick; the
+scheduler task ("sim:scheduler") ticks devices when due — one heap for the whole fleet, not
+a task or thread per device — and hands emissions to the device's `Link` (MQTT, CoAP or
+serial); links report acknowledgements back here (`link_acked` & co.), and every reading's
+fate goes to the ledger exactly once.
+
+Guarantees:
+
+* Accounting: every generated reading ends as exactly one of acknowledged, unconfirmed
+  (sent on a transport without acknowledgements) or failed with a reason;
+  `generated == acknowledged + unconfirmed + sum(failed)` after `run()` returns.
+* Per device, readings are first sent in the order generated; readings a device could not
+  send (disconnected, at its in-flight limit, transport buffer full) wait in a bounded
+  queue (`offline_queue`, oldest dropped as ``offline_overflow``); unacknowledged QoS 1
+  readings of a dropped connection are resent first after the reconnect (DUP set).
+* Connections open at most `connect_rate` per second (start-up and reconnects alike), each
+  device reconnecting with capped, jittered backoff (`edge.backoff.Backoff`).
+* `stop()` (the CLI wires SIGTERM/SIGINT to it) ends sending at once; `run()` still drains
+  acknowledgements for up to `drain_timeout_s` and returns the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections import Counter
+from typing import Any
+
+from edge.clock import Clock, SystemClock
+from edge.config.sim import SimConfig, SimProtocol
+from firmware_sim.device import DeviceModel, expand_fleet
+from firmware_sim.faults import storm_at, storm_hits
+from firmware_sim.ledger import LedgerWriter
+from firmware_sim.link import ssl_context
+from firmware_sim.sessions import DeviceRuntime, Sessions
+
+__all__ = ["Fleet", "DeviceRuntime"]
+
+_UNSET: Any = object()
+#: the scheduler sleeps at least this long, so 10,000 devices cost ~100 wake-ups/s, not 10,000
+_GRANULARITY_S = 0.005
+#: ticks processed before yielding to the loop when behind schedule (acks must get through)
+_MAX_BATCH = 2000
+
+
+class Fleet(Sessions):
+    def __init__(self, cfg: SimConfig, *, ledger: str | None = _UNSET,
+                 clock: Clock | None = None):
+        self.specs = expand_fleet(cfg)
+        super().__init__(cfg, self.specs, clock or SystemClock())
+        self.ledger_path: str | None = cfg.ledger if ledger is _UNSET else ledger
+        self.start_ms: int | None = None
+        self._storms = 0
+        self._ran = False
+        self._t_enter = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Fleet:
+        cfg = self.cfg
+        self._t_enter = asyncio.get_running_loop().time()
+        try:
+            if self.ledger_path:
+                self._ledger = LedgerWriter(self.ledger_path)
+                await self._ledger.open({"seed": cfg.seed, "devices": len(self.specs),
+                                         "config": cfg.model_dump(mode="json",
+                                                                  exclude={"target"})})
+            protocols = {s.protocol for s in self.specs}
+            if SimProtocol.COAP in protocols:
+                from firmware_sim.coap import CoapClient
+
+                self._coap = CoapClient()
+                await self._coap.__aenter__()
+            if SimProtocol.MQTT in protocols:
+                from firmware_sim.mqtt_fast import MqttOptions
+
+                t = cfg.target
+                self._mqtt_opts = {
+                    clean: MqttOptions(
+                        host=t.host, port=0, keepalive_s=t.keepalive_s, clean_session=clean,
+                        username=t.username, password=t.password, ssl=ssl_context(t.tls),
+                        connect_timeout_s=t.connect_timeout_s)
+                    for clean in (True, False)}
+            for rt in self.runtimes:
+                self._want_connect(rt)
+            if not self.runtimes:
+                self._all_attempted.set()
+            self._spawn(self._connector(), "sim:connector")
+            self._spawn(self._housekeeping(), "sim:housekeeping")
+        except BaseException:
+            await self._shutdown()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._shutdown()
+
+    def stop(self) -> None:
+        """End sending now (signal handlers call this); `run()` drains and returns."""
+        self._stop.set()
+
+    async def wait_connected(self, timeout: float) -> int:  # noqa: ASYNC109 - a deadline, not a cancel
+        """Wait until every device has tried to connect once (or `timeout`); the number up."""
+        try:
+            async with asyncio.timeout(timeout if timeout > 0 else None):
+                stop = asyncio.ensure_future(self._stop.wait())
+                try:
+                    await asyncio.wait([asyncio.ensure_future(self._all_attempted.wait()), stop],
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop.cancel()
+        except TimeoutError:
+            pass
+        return self.stats.connected
+
+    async def run(self, duration_s: float | None = _UNSET, *,
+                  start_ms: int | None = None) -> dict[str, Any]:
+        """Send for `duration_s` (None: until `stop()`), drain, return the summary.
+
+        Tick 0 of device d is at ``start_ms + phase_d``; `start_ms` defaults to the config's,
+        else the wall clock when sending starts (after the initial connections).
+        """
+        if self._ran:
+            raise RuntimeError("a Fleet runs once")
+        self._ran = True
+        cfg = self.cfg
+        duration = cfg.duration_s if duration_s is _UNSET else duration_s
+        loop = asyncio.get_running_loop()
+        await self.wait_connected(cfg.connect_wait_s)
+        self.stats.connect_phase_s = loop.time() - self._t_enter
+        self._check_failure()
+        if start_ms is None:
+            start_ms = cfg.start_ms if cfg.start_ms is not None else self.clock.now_ms()
+        self.start_ms = start_ms
+        for rt in self.runtimes:
+            rt.model = DeviceModel(rt.spec, cfg, start_ms)
+        if self._ledger is not None:
+            self._ledger.event(None, "start", start_ms, f"duration_s={duration}")
+        cpu0 = time.process_time()
+        mono0 = loop.time()
+        sched = self._spawn(self._schedule(mono0, start_ms, duration), "sim:scheduler")
+        await asyncio.wait([sched])
+        self._check_failure()
+        self.stats.duration_s = loop.time() - mono0
+        await self._drain(cfg.drain_timeout_s)
+        self.stats.cpu_s = time.process_time() - cpu0
+        if self._ledger is not None:
+            await self._ledger.flush()
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        faults: Counter[str] = Counter()
+        for rt in self.runtimes:
+            if rt.model is not None:
+                faults.update(rt.model.injected)
+        if self._storms:
+            faults["reconnect_storm"] = self._storms
+        self.stats.faults = faults
+        out = self.stats.summary()
+        out["outstanding"] = self._outstanding
+        ports = self.serial_ports
+        if ports:
+            out["serial_ports"] = ports
+        if self.ledger_path:
+            out["ledger"] = self.ledger_path
+        if self.start_ms is not None:
+            out["start_ms"] = self.start_ms
+        return out
+
+    @property
+    def serial_ports(self) -> dict[str, str]:
+        """device id → pty path of serial devices (open once the device has connected)."""
+        out = {}
+        for rt in self.runtimes:
+            port = getattr(rt.link, "port", None)
+            if port:
+                out[rt.spec.device_id] = port
+        return out
+
+    # ------------------------------------------------------------------ tasks
+
+    def _check_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def _schedule(self, mono0: float, start_ms: int, duration: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        stats = self.stats
+        end_ms = None if duration is None else start_ms + round(duration * 1000)
+        # (due loop time, device index, tick)
+        heap: list[tuple[float, int, int]] = []
+        for i, rt in enumerate(self.runtimes):
+            assert rt.model is not None
+            t = rt.model.tick_ms(0)
+            if end_ms is None or t < end_ms:
+                heap.append((mono0 + (t - start_ms) / 1000.0, i, 0))
+        heapq.heapify(heap)
+        storm = self.cfg.faults.reconnect_storm
+        next_storm = 1
+        runtimes = self.runtimes
+        while heap and not self._stop.is_set():
+            now = loop.time()
+            if storm.rate > 0 and now - mono0 >= next_storm:
+                self._storm(next_storm)
+                next_storm += 1
+            done = 0
+            while heap and heap[0][0] <= now and done < _MAX_BATCH:
+                due, i, k = heapq.heappop(heap)
+                rt = runtimes[i]
+                model = rt.model
+                assert model is not None
+                lag = now - due
+                if lag > stats.max_lag_s:
+                    stats.max_lag_s = lag
+                for e in model.tick(k):
+                    self._submit(rt, e)
+                if model.events:
+                    self._model_events(rt, model)
+                if model.disconnect:
+                    self._drop(rt, "fault:disconnect")
+                t = model.t0 + round((k + 1) * model.period_ms)
+                if end_ms is None or t < end_ms:
+                    heapq.heappush(heap, (mono0 + (t - start_ms) / 1000.0, i, k + 1))
+                done += 1
+            if done >= _MAX_BATCH:
+                await asyncio.sleep(0)
+                continue
+            if heap:
+                wait = max(_GRANULARITY_S, heap[0][0] - loop.time())
+                try:
+                    async with asyncio.timeout(wait):
+                        await self._stop.wait()
+                except TimeoutError:
+                    pass
+        if duration is not None and not self._stop.is_set():
+            # the run lasts its duration even when the last tick came earlier
+            try:
+                async with asyncio.timeout(max(0.0, mono0 + duration - loop.time())):
+                    await self._stop.wait()
+            except TimeoutError:
+                pass
+
+    def _storm(self, second: int) -> None:
+        cfg = self.cfg
+        if not storm_at(cfg.seed, second, cfg.faults.reconnect_storm.rate):
+            return
+        self._storms += 1
+        fraction = cfg.faults.reconnect_storm.fraction
+        hit = 0
+        for rt in self.runtimes:
+            if rt.state == "up" and storm_hits(cfg.seed, rt.spec.device_id, second, fraction):
+                self._drop(rt, "fault:reconnect_storm")
+                hit += 1
+        if self._ledger is not None:
+            self._ledger.event(None, "reconnect_storm", self.clock.now_ms(),
+                               f"second={second} devices={hit}")
+
+    def _model_events(self, rt: DeviceRuntime, model: DeviceModel) -> None:
+        if self._ledger is not None:
+            for kind, at_ms, detail in model.events:
+                self._ledger.event(rt.spec.device_id, kind, at_ms, detail)
+        model.events.clear()
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def _drain(self, timeout: float) -> None:  # noqa: ASYNC109
+        for rt in self.runtimes:
+            if rt.model is not None:
+                for e in rt.model.drain_held():
+                    self._submit(rt, e)
+        self._draining = True
+        if self._outstanding > 0:
+            self._drained.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._drained.wait()
+            except TimeoutError:
+                pass
+        self._settle()
+    async def _shutdown(self) -> None:
+        self._closing = True
+        self._stop.set()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._close_links()
+        if self._coap is not None:
+            await self._coap.__aexit__(None, None, None)
+            self._coap = None
+        if self._ledger is not None:
+            ledger, self._ledger = self._ledger, None
+            await ledger.close({"summary": self.summary()})
