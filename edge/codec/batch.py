@@ -41,9 +41,13 @@ from edge.codec.header import (
 from edge.errors import DecodeError, MalformedFrame, Oversize, ValidationError, WrongType
 from edge.model import Event, Reading
 
+# Decode limits.  Columns can describe many readings in few bytes (a steady sensor costs
+# almost nothing), so no bytes-per-reading ratio can tell a bomb from a good batch: the
+# reading count itself is capped, and with it the memory a frame can claim (a decoded
+# Reading is ~200 bytes, so 100k readings ~ 20 MB).  Gateways keep batches below it.
 DEFAULT_MAX_FRAME_BYTES = 16 * 2**20
 DEFAULT_MAX_BODY_BYTES = 64 * 2**20
-DEFAULT_MAX_READINGS = 1_000_000
+DEFAULT_MAX_READINGS = 100_000
 DEFAULT_MAX_EVENTS = 100_000
 
 

@@ -50,7 +50,7 @@ from edge.errors import MalformedFrame, Oversize, TimestampOutOfRange, WrongType
 from edge.model import Event, Reading
 
 #: total characters the string table of one frame may expand to
-MAX_STRING_CHARS = 64 * 2**20
+MAX_STRING_CHARS = 16 * 2**20
 
 _BODY_ITEMS = 12
 #: byte strings this long leave the section tree for the blob table at the body's head
