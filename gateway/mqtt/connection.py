@@ -545,7 +545,8 @@ class MqttConnection(asyncio.Protocol):
     # -- output and closing -----------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        if self.state != CLOSED:
+        # is_closing: the peer may be gone before connection_lost has run
+        if self.state != CLOSED and not self.transport.is_closing():
             self._counters.bytes_out += len(data)
             self.transport.write(data)
 

@@ -191,7 +191,6 @@ class RetainedStore:
                 yield Message(topic, payload, qos, True)
 
     def dump(self) -> bytes:
-        self.dirty = False
         return msgpack.packb({"format": 1, "retained": [
             [topic, payload, qos] for topic, (payload, qos) in self._by_topic.items()]})
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge.backoff import Backoff
 from edge.clock import Clock, SystemClock
 from gateway.auth.authenticator import Authenticator
 from gateway.errors import ConfigError
@@ -213,19 +214,32 @@ class MqttServer:
                       extra={"fields": {"file": path, "moved_to": aside}}, exc_info=True)
 
     async def _retained_saver(self) -> None:
+        interval = self.settings.retained_save_s
+        backoff = Backoff(base=1.0, cap=interval)
+        delay = interval
         while True:
-            await asyncio.sleep(self.settings.retained_save_s)
+            await asyncio.sleep(delay)
+            delay = interval
             if self.broker.retained.dirty:
                 try:
                     await self._save_retained()
+                    backoff.reset()
                 except OSError:
-                    log.exception("saving retained messages failed; will retry")
+                    delay = backoff.next_delay()  # e.g. a full disk: retry sooner, capped
+                    log.exception("saving retained messages failed; will retry",
+                                  extra={"fields": {"retry_in_s": round(delay, 2)}})
 
     async def _save_retained(self) -> None:
         path = self.settings.retained_path
         assert path
-        data = self.broker.retained.dump()  # on the loop: a consistent snapshot
-        await asyncio.to_thread(_write_atomic, path, data)
+        retained = self.broker.retained
+        retained.dirty = False
+        data = retained.dump()  # on the loop: a consistent snapshot
+        try:
+            await asyncio.to_thread(_write_atomic, path, data)
+        except BaseException:
+            retained.dirty = True
+            raise
 
 
 def _write_atomic(path: str, data: bytes) -> None:

@@ -7,6 +7,9 @@ Each variant runs the server in its own process and the publishers in another:
 * ``lean-sqlite`` the same server; the stub commits each group to a real SQLite file (WAL,
                   synchronous=NORMAL) in a worker thread — closer to the whole gateway;
 * ``lean-uvloop`` the same as ``lean`` on the uvloop event loop;
+* ``gateway``     the broker in front of the real `gateway.pipeline.Pipeline` and SQLite
+                  `gateway.buffer.Buffer` (defaults: 5 ms group commit, synchronous=FULL):
+                  what the whole device path costs (``gateway-uvloop`` on uvloop);
 * ``floor``       not a broker: a bare asyncio Protocol answering CONNACK/PUBACK by byte
                   position — what this machine charges for the sockets alone;
 * ``amqtt``       the stock amqtt 0.12 broker (anonymous, no logging/$SYS plugins) with a
@@ -119,6 +122,23 @@ async def _serve_lean(port: int, commit_s: float, sqlite_path: str | None) -> No
         print("READY", flush=True)
         await server.serve_forever()
     print(json.dumps({"ingested": stub.count}), flush=True)
+
+
+async def _serve_gateway(port: int, db_path: str) -> None:
+    """The broker in front of the real pipeline (decode, validate) and SQLite buffer."""
+    from gateway.buffer import Buffer, BufferSettings
+    from gateway.mqtt import MqttServer, MqttSettings
+    from gateway.pipeline import Pipeline
+
+    settings = MqttSettings(host="127.0.0.1", port=port, allow_anonymous=True)
+    async with Buffer(BufferSettings(path=db_path, max_bytes=1 << 30)) as buffer:
+        pipeline = Pipeline(buffer)
+        async with MqttServer(settings, ingest=pipeline) as server:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, server.stop)
+            print("READY", flush=True)
+            await server.serve_forever()
+        print(json.dumps({"ingested": dict(pipeline.stats.readings),
+                          "rejected": dict(pipeline.stats.rejected)}), flush=True)
 
 
 async def _serve_amqtt(port: int, commit_s: float) -> None:
@@ -372,7 +392,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, me, "--role", "server", "--variant", variant, "--port", str(port),
            "--commit-ms", str(args.commit_ms)]
     tmpdir = tempfile.mkdtemp(prefix="mqtt-bench-")
-    if "sqlite" in variant:
+    if "sqlite" in variant or variant.startswith("gateway"):
         cmd += ["--sqlite", os.path.join(tmpdir, "buffer.sqlite")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.dirname(me))), os.environ.get("PYTHONPATH", "")]))
@@ -426,9 +446,14 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             "cpu_cores": round(cpu / wall, 3),
             "rss_mb": round(rss_peak, 1),
         })
+        server.send_signal(signal.SIGTERM)
+        tail = server.stdout.read().strip().splitlines()
+        if tail and tail[-1].startswith("{"):
+            result["server"] = json.loads(tail[-1])  # what the server side counted
         return result
     finally:
-        server.send_signal(signal.SIGTERM)
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
         try:
             server.wait(20)
         except subprocess.TimeoutExpired:
@@ -454,12 +479,18 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_serve_floor(args.port))
         elif args.variant == "amqtt":
             asyncio.run(_serve_amqtt(args.port, args.commit_ms / 1000))
-        elif args.variant.endswith("uvloop"):
-            import uvloop
-
-            uvloop.run(_serve_lean(args.port, args.commit_ms / 1000, args.sqlite))
         else:
-            asyncio.run(_serve_lean(args.port, args.commit_ms / 1000, args.sqlite))
+            if args.variant.startswith("gateway"):
+                assert args.sqlite
+                main = _serve_gateway(args.port, args.sqlite)
+            else:
+                main = _serve_lean(args.port, args.commit_ms / 1000, args.sqlite)
+            if args.variant.endswith("uvloop"):
+                import uvloop
+
+                uvloop.run(main)
+            else:
+                asyncio.run(main)
         return 0
     if args.role == "load":
         asyncio.run(_load(args))

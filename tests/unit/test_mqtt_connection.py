@@ -103,6 +103,9 @@ class FakeTransport:
 
     abort = close
 
+    def is_closing(self) -> bool:
+        return self.closed
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 40000) if name == "peername" else default
 
