@@ -2,13 +2,17 @@
 
     edge.errors.FieldlinkError
     ├── RetriableError ── BufferBusy          the buffer could not commit in time; retry
-    │                  └── UplinkUnavailable   the cloud did not answer / answered 5xx
+    │                  ├── UplinkUnavailable   the cloud did not answer / answered 5xx
+    │                  └── DeliveryFailed      an alert channel is unreachable (timeout,
+    │                                          429, 5xx); retried from the alert outbox
     ├── FatalError ────── BufferCorrupt       the SQLite file failed its integrity check
     │                  ├── Unauthorized        bad credentials or an ACL refusal
     │                  ├── ProtocolViolation   an MQTT client broke the protocol; it is
     │                  │                       disconnected and `reason` counted
     │                  ├── ProvisionError      `fieldlink provision` refused its input
     │                  │                       (exit 2); `problems` names each one
+    │                  ├── DeliveryRejected    an alert receiver refused a notification
+    │                  │                       (4xx): kept in the outbox as dead, counted
     │                  └── (edge) ValidationError, PayloadError, DecodeError, ConfigError
     └── PartialError                           some readings of a batch were rejected
 
@@ -76,3 +80,25 @@ class ProvisionError(FatalError):
 
 
 __all__ += ["ProvisionError"]
+
+
+class DeliveryFailed(RetriableError):
+    """An alert delivery channel did not take a notification this time (connection refused,
+    timeout, HTTP 429 or 5xx).  The outbox retries it with backoff; `retry_after_s` is the
+    receiver's Retry-After, when it sent one."""
+
+    reason = "delivery_failed"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeliveryRejected(FatalError):
+    """An alert receiver refused a notification for good (HTTP 4xx other than 408/429, an
+    invalid MQTT topic).  The outbox row is marked dead with this message and not retried."""
+
+    reason = "delivery_rejected"
+
+
+__all__ += ["DeliveryFailed", "DeliveryRejected"]
