@@ -28,7 +28,12 @@ from gateway.errors import ProvisionError
 from gateway.provision.bootfs import ImageBootFs, require_mtools
 from gateway.provision.cli import EXAMPLES, _refuse, add_gateway_options, add_run_options
 from gateway.provision.media import is_xz, prepare_image
-from gateway.provision.params import GatewayParams, build_params, read_text_file
+from gateway.provision.params import (
+    GatewayParams,
+    build_params,
+    read_key_file,
+    read_text_file,
+)
 from gateway.provision.partitions import find_boot_partition
 from gateway.provision.run import Session
 from gateway.provision.sensors import DEFAULT_PATTERN, generate_sensors, load_sensor_file
@@ -91,7 +96,7 @@ def _row_params(row: dict[str, str], args: argparse.Namespace, base: Path) -> Ga
 
     gateway_id = cell("gateway_id")
     key_path = path_cell("ssh_key", args.ssh_key)
-    key_text = (read_text_file(key_path, "ssh_key")
+    key_text = (read_key_file(key_path, "ssh_key")
                 if key_path is not None and not args.no_ssh else None)
     password = cell("wifi_password")
     if password is None and args.wifi_password_file is not None:

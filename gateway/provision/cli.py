@@ -220,7 +220,7 @@ def _refuse(exc: ProvisionError) -> None:
 
 def _single(args: argparse.Namespace) -> int:
     from gateway.provision import run
-    from gateway.provision.params import build_params, read_text_file
+    from gateway.provision.params import build_params, read_key_file
     from gateway.provision.sensors import DEFAULT_PATTERN, generate_sensors, load_sensor_file
 
     target = _target(args)
@@ -238,7 +238,7 @@ def _single(args: argparse.Namespace) -> int:
     params = build_params(
         gateway_id=args.gateway_id, uplink_url=args.uplink_url, hostname=args.hostname,
         secret=_read_secret(args.secret_file, "--secret-file"),
-        ssh_key_text=(read_text_file(args.ssh_key, "--ssh-key")
+        ssh_key_text=(read_key_file(args.ssh_key, "--ssh-key")
                       if args.ssh_key is not None and not args.no_ssh else None),
         ssh_key_source=f"--ssh-key {args.ssh_key}", allow_no_ssh=args.no_ssh,
         admin_user=args.admin_user, timezone=args.timezone, wifi_ssid=args.wifi_ssid,

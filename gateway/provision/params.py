@@ -37,7 +37,8 @@ from edge.config.gateway import HttpUrl
 from gateway.errors import ProvisionError
 
 __all__ = ["GatewayParams", "SensorCredential", "build_params", "check_ssh_public_keys",
-           "default_hostname", "generate_secret"]
+           "default_hostname", "generate_secret", "read_key_file",
+           "read_text_file"]
 
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -85,6 +86,8 @@ def check_ssh_public_keys(text: str, source: str) -> tuple[list[str], list[str]]
     """(keys, problems) for the contents of an SSH public key (or authorized_keys) file."""
     if "PRIVATE KEY" in text:
         return [], [f"{source} is a private key: give the public key (the .pub file)"]
+    if "\ufffd" in text or "\0" in text:
+        return [], [f"{source} is not an OpenSSH public key: it holds binary data"]
     keys, problems = [], []
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -126,10 +129,15 @@ def _timezone_problem(tz: str) -> str | None:
 
 def _wifi_problems(ssid: str | None, password: str | None, country: str | None) -> list[str]:
     out = []
+    if country is not None and not _COUNTRY.fullmatch(country):
+        out.append(f"Wi-Fi country {country!r} is not a 2-letter ISO 3166 code "
+                   "(e.g. DE, GB, US)")
     if ssid is None:
         if password is not None:
             out.append("--wifi-password given without --wifi-ssid")
         return out
+    if not ssid.isprintable():
+        out.append(f"Wi-Fi SSID {ssid!r} holds control characters")
     if not 1 <= len(ssid.encode()) <= 32:
         out.append(f"Wi-Fi SSID {ssid!r} must be 1-32 bytes")
     if password is None:
@@ -142,9 +150,6 @@ def _wifi_problems(ssid: str | None, password: str | None, country: str | None) 
     if country is None:
         out.append("--wifi-country is missing: Wi-Fi stays blocked on a Raspberry Pi until "
                    "its regulatory country is set (e.g. DE, GB, US)")
-    elif not _COUNTRY.fullmatch(country):
-        out.append(f"Wi-Fi country {country!r} is not a 2-letter ISO 3166 code "
-                   "(e.g. DE, GB, US)")
     return out
 
 
@@ -222,3 +227,12 @@ def read_text_file(path: str | Path, what: str) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or exc
         raise ProvisionError(f"{what} {path}: cannot read: {why}") from None
+
+
+def read_key_file(path: str | Path, what: str) -> str:
+    """An SSH key file's text; undecodable bytes are kept as U+FFFD so the key check, not
+    the reader, says what is wrong with a binary file."""
+    try:
+        return Path(path).read_bytes().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise ProvisionError(f"{what} {path}: cannot read: {exc.strerror or exc}") from None
