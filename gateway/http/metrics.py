@@ -141,6 +141,17 @@ FAMILIES: dict[str, Family] = {
     "alerts_firing": Family("gauge", "Alerts currently firing"),
     "alert_transitions": Family("counter", "Alert state transitions, by new state", ("to",)),
     "alert_notifications_failed": Family("counter", "Alert deliveries that failed"),
+    # pipeline (decode → buffer), all protocols
+    "pipeline_payloads": Family("counter", "Payloads handed to the pipeline", ("protocol",)),
+    "pipeline_readings_stored": Family("counter", "Readings committed to the buffer",
+                                       ("protocol",)),
+    "pipeline_duplicates": Family("counter", "Readings recognised as redeliveries",
+                                  ("protocol",)),
+    "pipeline_dead_letters": Family("counter", "Payloads dead-lettered by the pipeline",
+                                    ("reason",)),
+    "pipeline_refused": Family("counter", "Readings the buffer refused (not acknowledged)",
+                               ("reason",)),
+    "pipeline_observer_errors": Family("counter", "Alert-engine observer failures"),
     # the collector itself
     "metrics_source_errors": Family("counter", "stats() calls that failed during a scrape",
                                     ("source",)),
@@ -270,6 +281,15 @@ ALERTS_FIELDS: list[Field] = [
     F("notifications_failed", "alert_notifications_failed"),
 ]
 
+PIPELINE_FIELDS: list[Field] = [
+    F("payloads", "pipeline_payloads", key="protocol"),
+    F("readings", "pipeline_readings_stored", key="protocol"),
+    F("duplicates", "pipeline_duplicates", key="protocol"),
+    F("rejected", "pipeline_dead_letters", key="reason"),
+    F("refused", "pipeline_refused", key="reason"),
+    F("observer_errors", "pipeline_observer_errors"),
+]
+
 #: source kind → (fields of the snapshot, or of each entry of a dict field named `each`)
 KINDS: dict[str, tuple[list[Field], str | None, str | None]] = {
     "coap": (COAP_FIELDS, None, None),
@@ -278,6 +298,7 @@ KINDS: dict[str, tuple[list[Field], str | None, str | None]] = {
     "mqtt": (MQTT_FIELDS, None, None),
     "uplink": (UPLINK_FIELDS, None, None),
     "alerts": (ALERTS_FIELDS, None, None),
+    "pipeline": (PIPELINE_FIELDS, None, None),
 }
 
 _MISSING = object()

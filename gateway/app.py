@@ -1,0 +1,276 @@
+"""`fieldlink gateway run`: the composition root of the gateway process.
+
+Start order (each an async context manager, entered in this order and left in reverse):
+
+  1. the buffer (SQLite; everything else depends on it being open),
+  2. the pipeline (decode → buffer) and the optional components that observe it
+     (alerts) or drain it (uplink),
+  3. the HTTP endpoint (`/metrics`, `/healthz`, status routes),
+  4. the ingress listeners (MQTT, CoAP, serial) last, so a sensor is never acknowledged
+     before the buffer can commit.
+
+Shutdown (SIGTERM/SIGINT) runs the same list backwards: ingress stops accepting and finishes
+in-flight commits first, the buffer closes last.  SIGHUP reloads the credentials file and the
+alert rules without a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from edge.clock import Clock, SystemClock
+from edge.config.gateway import GatewayConfig, load_gateway_config
+from edge.errors import ConfigError
+from edge.logs import setup_logging
+from gateway.buffer import Buffer, BufferSettings, Eviction, Synchronous
+from gateway.pipeline import DeviceDefaults, Pipeline
+
+log = logging.getLogger("fieldlink.gateway")
+
+
+def buffer_settings(cfg: GatewayConfig) -> BufferSettings:
+    b = cfg.buffer
+    return BufferSettings(
+        path=str(cfg.buffer_path), max_bytes=int(b.max_bytes),
+        commit_interval_ms=b.commit_interval_ms, commit_max_readings=b.commit_max_readings,
+        synchronous=Synchronous(b.synchronous), eviction=Eviction(b.eviction),
+        deadletter_max_rows=b.deadletter_max_rows, dedup_horizon_s=b.dedup_horizon_s,
+        live_share=cfg.uplink.live_share)
+
+
+def mqtt_settings(cfg: GatewayConfig) -> Any:
+    from gateway.mqtt import AclSettings, MqttSettings, TlsListener, TlsSettings, WebSocketListener
+
+    m = cfg.mqtt
+
+    def tls(section: Any) -> Any:
+        return TlsSettings(certfile=str(section.certfile), keyfile=str(section.keyfile),
+                           cafile=str(section.cafile) if section.cafile else None,
+                           client_certs=section.client_certs,
+                           identity_as_username=getattr(section, "identity_as_username",
+                                                        False))
+
+    return MqttSettings(
+        host=m.host, port=m.port, max_packet_bytes=int(m.max_packet_bytes),
+        keepalive_cap_s=m.keepalive_max_s, retain_last_reading=m.retain_last_reading,
+        retained_path=str(Path(cfg.gateway.data_dir) / "retained.msgpack"),
+        allow_anonymous=m.allow_anonymous, max_connections=m.max_connections,
+        acl=AclSettings(device_publish=tuple(m.acl.device_publish),
+                        device_subscribe=tuple(m.acl.device_subscribe),
+                        operator_only=tuple(m.acl.operator_only)),
+        tls=TlsListener(tls(m.tls), host=m.tls.host, port=m.tls.port) if m.tls.enabled
+        else None,
+        websocket=WebSocketListener(host=m.websocket.host, port=m.websocket.port,
+                                    path=m.websocket.path) if m.websocket.enabled else None,
+    )
+
+
+class Gateway:
+    """The running gateway.  `async with Gateway(cfg) as gw: await gw.wait()`."""
+
+    def __init__(self, config: GatewayConfig, *, clock: Clock | None = None) -> None:
+        self.config = config
+        Path(config.gateway.data_dir).mkdir(parents=True, exist_ok=True)
+        self.clock = clock or SystemClock()
+        self._stack = AsyncExitStack()
+        self._stop = asyncio.Event()
+        self.buffer: Buffer | None = None
+        self.pipeline: Pipeline | None = None
+        self.mqtt: Any = None
+        self.coap: Any = None
+        self.serial: Any = None
+        self.http: Any = None
+        self.auth: Any = None
+        self.components: dict[str, Any] = {}
+        self._reloaders: list[Callable[[], Any]] = []
+
+    # -- wiring ---------------------------------------------------------------------------
+    async def __aenter__(self) -> Gateway:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self.buffer = await self._stack.enter_async_context(
+            Buffer(buffer_settings(cfg), clock=self.clock))
+
+        registry = {dev: DeviceDefaults(facility=e.facility, line=e.line, zone=e.zone,
+                                        measurement=e.measurement, unit=e.unit)
+                    for dev, e in cfg.devices.registry.items()}
+        v = cfg.validation
+        limits = {"mqtt": v.limits(int(cfg.mqtt.max_payload_bytes)),
+                  "coap": v.limits(int(cfg.coap.max_payload_bytes)),
+                  "serial": v.limits(max((int(p.max_line_bytes) for p in cfg.serial.ports),
+                                         default=65536))}
+        self.auth = self._authenticator()
+        known = None
+        if cfg.devices.unknown_devices == "reject":
+            auth = self.auth
+
+            def known(device_id: str) -> bool:
+                if device_id in registry:
+                    return True
+                account = auth.account(device_id) if auth is not None else None
+                return account is not None
+        self.pipeline = Pipeline(self.buffer, limits=limits, registry=registry,
+                                 known_device=known, clock=self.clock)
+
+        from prometheus_client import CollectorRegistry
+
+        from gateway.http import GatewayMetrics
+
+        self.registry = CollectorRegistry()
+        self.metrics = GatewayMetrics(self.registry)
+        self.metrics.register_source("buffer", self.buffer.stats, kind="buffer")
+        self.metrics.register_source("pipeline", lambda: self.pipeline.stats  # type: ignore
+                                     , kind="pipeline")
+
+        if cfg.http.enabled:
+            from gateway.http import GatewayHttp
+
+            self.http = GatewayHttp(cfg.http.host, cfg.http.port, self.registry)
+            self.http.add_health_check("buffer", self._buffer_health)
+
+        await self._start_optional()
+
+        if self.http is not None:
+            await self._stack.enter_async_context(self.http)
+        await self._start_ingress()
+        log.info("gateway started", extra={"fields": {
+            "gateway_id": cfg.gateway.id, "mqtt_port": getattr(self.mqtt, "port", None),
+            "coap_port": getattr(self.coap, "port", None),
+            "http": self.http.url if self.http is not None else None}})
+
+    def _authenticator(self) -> Any:
+        cfg = self.config.mqtt
+        path = Path(cfg.credentials_file)
+        if not path.exists():
+            if not cfg.allow_anonymous and cfg.enabled:
+                raise ConfigError("gateway config", [(
+                    "mqtt.credentials_file",
+                    f"{path} does not exist and anonymous access is off; create it with "
+                    "`fieldlink gateway devices add`")])
+            return None
+        from gateway.auth import Authenticator
+
+        auth = Authenticator(path, clock=self.clock)
+        self._stack.callback(auth.close)
+        self._reloaders.append(lambda: auth.reload(force=True))
+        return auth
+
+    async def _start_optional(self) -> None:
+        """Hooks for components that observe or drain the pipeline (alerts, uplink)."""
+
+    async def _start_ingress(self) -> None:
+        cfg = self.config
+        assert self.pipeline is not None
+        if cfg.mqtt.enabled:
+            from gateway.mqtt import MqttServer
+
+            self.mqtt = MqttServer(mqtt_settings(cfg), ingest=self.pipeline, auth=self.auth,
+                                   clock=self.clock)
+            await self._stack.enter_async_context(self.mqtt)
+            self.metrics.register_source("mqtt", self.mqtt.stats, kind="mqtt")
+            self.components["mqtt"] = self.mqtt
+        if cfg.coap.enabled:
+            from gateway.coap import CoapServer, CoapSettings
+
+            c = cfg.coap
+            self.coap = CoapServer(CoapSettings(
+                host=c.host, port=c.port, max_payload_bytes=int(c.max_payload_bytes),
+                empty_ack_delay=c.empty_ack_delay_s, ingest_timeout=c.ingest_timeout_s,
+                msgpack_content_formats=tuple(c.msgpack_content_formats)),
+                ingest=self.pipeline)
+            await self._stack.enter_async_context(self.coap)
+            self.metrics.register_source("coap", self.coap.stats, kind="coap")
+            if self.http is not None:
+                self.http.add_health_check("coap", self.coap.health)
+        if cfg.serial.ports:
+            from gateway.serialport import PortSettings, SerialIngress
+
+            ports = [PortSettings(path=p.path, baudrate=p.baudrate, format=p.format,
+                                  device_id=p.device_id, max_line_bytes=int(p.max_line_bytes),
+                                  backoff_base=p.backoff_base_s, backoff_cap=p.backoff_cap_s)
+                     for p in cfg.serial.ports]
+            self.serial = SerialIngress(ports, ingest=self.pipeline)
+            await self._stack.enter_async_context(self.serial)
+            self.metrics.register_source("serial", self.serial.stats, kind="serial")
+            if self.http is not None:
+                self.http.add_health_check("serial", self.serial.health)
+
+    def _buffer_health(self) -> tuple[bool, str]:
+        assert self.buffer is not None
+        st = self.buffer.stats()
+        fill = st.disk_bytes / st.max_bytes if st.max_bytes else 0.0
+        return (fill < 0.99, f"{st.disk_bytes} of {st.max_bytes} bytes ({fill:.0%})")
+
+    # -- running --------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read credentials and rules; failures keep the old state and log."""
+        for reload in self._reloaders:
+            try:
+                reload()
+            except Exception:
+                log.exception("reload failed; keeping the previous state")
+        log.info("reloaded")
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def __aexit__(self, *exc: object) -> None:
+        log.info("gateway stopping")
+        await self._stack.aclose()
+        log.info("gateway stopped")
+
+
+async def run(cfg: GatewayConfig, *, ready: Callable[[Gateway], Any] | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    async with Gateway(cfg) as gw:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, gw.stop)
+        with contextlib.suppress(NotImplementedError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, gw.reload)
+        if ready is not None:
+            ready(gw)
+        await gw.wait()
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fieldlink gateway run",
+        description="Run the gateway: MQTT broker, CoAP and serial ingest into the "
+                    "store-and-forward buffer, local alerts and the uplink.  Stops cleanly on "
+                    "SIGTERM; SIGHUP reloads credentials and rules.")
+    parser.add_argument("--config", "-c", default="config/gateway.yaml",
+                        help="gateway config file (default: %(default)s)")
+    parser.add_argument("--log-level", default=None,
+                        help="override logging.level from the config")
+    args = parser.parse_args(list(argv))
+    try:
+        cfg = load_gateway_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or cfg.logging.level, json_lines=cfg.logging.json_lines)
+    try:
+        return asyncio.run(run(cfg))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
