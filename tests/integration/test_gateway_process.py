@@ -7,6 +7,7 @@ every acknowledged reading in it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -97,7 +98,7 @@ async def buffered_seqs(data_dir: Path) -> set[int]:
     return {rec.seq for _, _, _, rec in rows if getattr(rec, "device_id", None) == DEVICE}
 
 
-async def test_sigkill_after_puback_loses_nothing(gateway_files: dict) -> None:
+def test_sigkill_after_puback_loses_nothing(gateway_files: dict) -> None:
     proc = start_gateway(gateway_files)
     acked: set[int] = set()
     mid_to_seq: dict[int, int] = {}
@@ -136,7 +137,7 @@ async def test_sigkill_after_puback_loses_nothing(gateway_files: dict) -> None:
             proc.kill()
     with lock:
         acked_now = set(acked)
-    stored = await buffered_seqs(gateway_files["data"])
+    stored = asyncio.run(buffered_seqs(gateway_files["data"]))
     missing = acked_now - stored
     assert not missing, f"{len(missing)} acknowledged readings lost: {sorted(missing)[:10]}"
 
