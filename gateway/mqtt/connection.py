@@ -123,8 +123,11 @@ class MqttConnection(asyncio.Protocol):
         broker.conns.add(self)
         if hasattr(transport, "set_write_buffer_limits"):
             transport.set_write_buffer_limits(high=256 * 1024)
-        tls = broker.settings.tls
-        if tls is not None and tls.tls.identity_as_username:
+        settings = broker.settings
+        tls = (settings.tls.tls if self.listener == "tls" and settings.tls else
+               settings.websocket.tls if self.listener == "websocket" and settings.websocket
+               else None)
+        if tls is not None and tls.identity_as_username:
             self.identity = _cert_identity(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
