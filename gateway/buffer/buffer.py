@@ -153,10 +153,8 @@ class Buffer:
         See `gateway.buffer.claims` for the selection and the protocol."""
         share = self.settings.live_share if live_share is None else live_share
 
-        def run(st: Store, now: int) -> Claim | None:
-            seq = claims.make_claim(st, max_records, share, now)
-            return None if seq is None else claims.load_claim(st, seq)
-        result: Claim | None = await self._call(run, fsync=True)
+        result: Claim | None = await self._call(
+            lambda st, now: claims.make_claim(st, max_records, share, now), fsync=True)
         return result
 
     async def ack(self, claim: Claim | int) -> int:

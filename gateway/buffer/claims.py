@@ -28,12 +28,12 @@ device; consumers order by timestamp.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from edge.model import Event, Priority, Reading
+from edge.model import Priority
 from gateway.buffer import space
 from gateway.buffer.results import CLASS_NAMES, Claim, ClaimedRow
-from gateway.buffer.rows import EVENT_COLS, READING_COLS, decode_event, decode_reading
+from gateway.buffer.rows import EVENT_COLS, READING_COLS, decode_event, decode_readings
 from gateway.buffer.store import MAX_ID, ClaimInfo, pack_ranges, unpack_ranges
 
 if TYPE_CHECKING:
@@ -42,89 +42,107 @@ if TYPE_CHECKING:
 RAW, AGG, ALERT = int(Priority.RAW), int(Priority.AGGREGATE), int(Priority.ALERT)
 
 
-def make_claim(store: Store, max_records: int, live_share: float, now_ms: int) -> int | None:
-    """Claim up to `max_records` rows; returns the new seq, or None when nothing is waiting.
+def make_claim(store: Store, max_records: int, live_share: float, now_ms: int
+               ) -> Claim | None:
+    """Claim up to `max_records` rows; returns the claim, or None when nothing is waiting.
     Must run in a transaction opened with `begin(fsync=True)`."""
     if max_records <= 0:
         return None
     conn = store.conn
     tx = store.tx
-    event_ids: list[int] = []
+    event_rows: list[tuple[Any, ...]] = []
     for prio in (ALERT, AGG):
-        left = max_records - len(event_ids)
+        left = max_records - len(event_rows)
         if left <= 0:
             break
-        event_ids += [i for (i,) in conn.execute(
-            "SELECT id FROM events WHERE claim_id IS NULL AND prio = ? ORDER BY id LIMIT ?",
-            (prio, left))]
-    room = max_records - len(event_ids)
-    ranges: list[tuple[int, int]] = []
-    n_raw = 0
+        event_rows += conn.execute(
+            f"SELECT {EVENT_COLS} FROM events WHERE claim_id IS NULL AND prio = ? ORDER BY id"
+            " LIMIT ?", (prio, left)).fetchall()
+    room = max_records - len(event_rows)
+    backlog: list[list[tuple[Any, ...]]] = []
+    live: list[list[tuple[Any, ...]]] = []
     if room > 0:
         gaps = tx.raw_gaps()
         live = _select_live(store, gaps, int(room * max(0.0, min(1.0, live_share))), now_ms)
         below = live[0][0][0] if live else MAX_ID + 1
-        backlog = _select_backlog(store, gaps, room - sum(n for _r, n in live), below)
-        ranges = [r for r, _n in backlog + live]
-        n_raw = sum(n for _r, n in backlog + live)
-    if not event_ids and not n_raw:
+        backlog = _select_backlog(store, gaps, room - sum(len(r) for r in live), below)
+    runs = backlog + live  # each a run of consecutive unclaimed rows, ascending
+    n_raw = sum(len(r) for r in runs)
+    if not event_rows and not n_raw:
         return None
     seq = tx.next_seq
     tx.next_seq += 1
     conn.execute("INSERT INTO meta(name, value) VALUES ('next_seq', ?) ON CONFLICT(name)"
                  " DO UPDATE SET value = excluded.value", (tx.next_seq,))
-    info = ClaimInfo(tuple(sorted(ranges)), n_raw, len(event_ids))
+    info = ClaimInfo(tuple((run[0][0], run[-1][0]) for run in runs), n_raw, len(event_rows))
     conn.execute("INSERT INTO claims(seq, created_ms, n_raw, n_events, raw_ranges)"
                  " VALUES (?, ?, ?, ?, ?)",
-                 (seq, now_ms, n_raw, len(event_ids), pack_ranges(info.ranges)))
-    conn.executemany("UPDATE events SET claim_id = ? WHERE id = ?", [(seq, i) for i in event_ids])
+                 (seq, now_ms, n_raw, len(event_rows), pack_ranges(info.ranges)))
+    conn.executemany("UPDATE events SET claim_id = ? WHERE id = ?",
+                     [(seq, r[0]) for r in event_rows])
     tx.claims[seq] = info
     store.bump("claims.created")
-    return seq
+    raw_rows = [row for run in runs for row in run]
+    return Claim(seq=seq, created_ms=now_ms, rows=tuple(
+        _event_rows(store, event_rows) + _raw_rows(store, raw_rows)))
+
+
+def _event_rows(store: Store, rows: list[tuple[Any, ...]]) -> list[ClaimedRow]:
+    out = []
+    for r in rows:
+        ev = decode_event(store.series, r)
+        out.append(ClaimedRow(r[0], Priority(r[2]), ev.key, ev))
+    return out
+
+
+def _raw_rows(store: Store, rows: list[tuple[Any, ...]]) -> list[ClaimedRow]:
+    raw = Priority.RAW
+    return [ClaimedRow(r[0], raw, r[1][6:], reading)
+            for r, reading in zip(rows, decode_readings(store.series, rows))]
 
 
 def _select_live(store: Store, gaps: list[tuple[int, int]], quota: int, now_ms: int
-                 ) -> list[tuple[tuple[int, int], int]]:
-    """The newest unclaimed raw readings received within the live window, at most `quota`:
-    ((first id, last id), count) per gap, ascending."""
+                 ) -> list[list[tuple[Any, ...]]]:
+    """The newest unclaimed raw readings received within the live window, at most `quota`,
+    as runs of consecutive rows (one per gap), ascending."""
     cutoff = now_ms - store.settings.live_window_ms
-    out: list[tuple[tuple[int, int], int]] = []
+    runs: list[list[tuple[Any, ...]]] = []
     taken = 0
     for lo, hi in reversed(gaps):
         if taken >= quota:
             break
-        ids = []
+        run = []
         stop = False
-        for rid, rx_ms in store.conn.execute(
-                "SELECT id, rx_ms FROM readings WHERE id BETWEEN ? AND ? ORDER BY id DESC"
-                " LIMIT ?", (lo, hi, quota - taken)):
-            if rx_ms < cutoff:
+        for row in store.conn.execute(
+                f"SELECT {READING_COLS} FROM readings WHERE id BETWEEN ? AND ?"
+                " ORDER BY id DESC LIMIT ?", (lo, hi, quota - taken)):
+            if row[2] < cutoff:  # rx_ms
                 stop = True
                 break
-            ids.append(rid)
-        if ids:
-            out.append(((ids[-1], ids[0]), len(ids)))
-            taken += len(ids)
+            run.append(row)
+        if run:
+            runs.append(run[::-1])
+            taken += len(run)
         if stop:
             break
-    return out[::-1]
+    return runs[::-1]
 
 
 def _select_backlog(store: Store, gaps: list[tuple[int, int]], want: int, below: int
-                    ) -> list[tuple[tuple[int, int], int]]:
+                    ) -> list[list[tuple[Any, ...]]]:
     """The oldest unclaimed raw readings with an id under `below`, at most `want`."""
-    out: list[tuple[tuple[int, int], int]] = []
+    runs: list[list[tuple[Any, ...]]] = []
     taken = 0
     for lo, hi in gaps:
         if taken >= want or lo >= below:
             break
-        ids = [i for (i,) in store.conn.execute(
-            "SELECT id FROM readings WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
-            (lo, min(hi, below - 1), want - taken))]
-        if ids:
-            out.append(((ids[0], ids[-1]), len(ids)))
-            taken += len(ids)
-    return out
+        run = store.conn.execute(
+            f"SELECT {READING_COLS} FROM readings WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
+            (lo, min(hi, below - 1), want - taken)).fetchall()
+        if run:
+            runs.append(run)
+            taken += len(run)
+    return runs
 
 
 def _info(store: Store, seq: int) -> ClaimInfo | None:
@@ -137,18 +155,14 @@ def load_claim(store: Store, seq: int) -> Claim | None:
                              (seq,)).fetchone()
     if row is None:
         return None
-    rows: list[ClaimedRow] = []
-    for r in store.conn.execute(f"SELECT {EVENT_COLS} FROM events WHERE claim_id = ?"
-                                " ORDER BY prio DESC, id", (seq,)):
-        ev: Event = decode_event(store.series, r)
-        rows.append(ClaimedRow(id=r[0], priority=Priority(r[2]), key=ev.key, record=ev))
+    events = store.conn.execute(f"SELECT {EVENT_COLS} FROM events WHERE claim_id = ?"
+                                " ORDER BY prio DESC, id", (seq,)).fetchall()
+    raw: list[tuple[Any, ...]] = []
     for a, b in unpack_ranges(row[2]):
-        for r in store.conn.execute(f"SELECT {READING_COLS} FROM readings WHERE id BETWEEN ?"
-                                    " AND ? ORDER BY id", (a, b)):
-            reading: Reading = decode_reading(store.series, r)
-            rows.append(ClaimedRow(id=r[0], priority=Priority.RAW, key=bytes(r[1][6:]),
-                                   record=reading))
-    return Claim(seq=seq, created_ms=row[0], rows=tuple(rows),
+        raw += store.conn.execute(f"SELECT {READING_COLS} FROM readings WHERE id BETWEEN ?"
+                                  " AND ? ORDER BY id", (a, b)).fetchall()
+    return Claim(seq=seq, created_ms=row[0],
+                 rows=tuple(_event_rows(store, events) + _raw_rows(store, raw)),
                  meta=None if row[1] is None else bytes(row[1]))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from edge.model import Event, Priority, Reading
 
@@ -33,8 +34,7 @@ class AppendResult:
         return self.refused == 0
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedRow:
+class ClaimedRow(NamedTuple):
     """One row of a claim.  `id` is unique within its class table (raw vs events)."""
 
     id: int

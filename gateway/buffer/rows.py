@@ -10,6 +10,7 @@ computed, so the stored key always matches the returned reading).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import struct
 from typing import Any
@@ -29,10 +30,8 @@ QUALITY_NAMES = {v: k for k, v in QUALITY_CODES.items()}
 #: (device, measurement, unit, facility, line, zone); for events measurement is the kind
 SeriesKey = tuple[str, str, str, str | None, str | None, str | None]
 
-INSERT_READING = (
-    "INSERT OR IGNORE INTO readings(dk, rx_ms, series, ts_ms, value, quality, battery, seq,"
-    " sensor_ts_ms, flags) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10"
-    " WHERE NOT EXISTS (SELECT 1 FROM seen WHERE dk = ?1)")
+#: values per reading row
+READING_PARAMS = 10
 INSERT_EVENT = (
     "INSERT OR IGNORE INTO events(dk, prio, rx_ms, series, ts_ms, body)"
     " SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (SELECT 1 FROM seen WHERE dk = ?1)")
@@ -94,12 +93,18 @@ class Series:
         self._added.clear()
 
 
-def reading_rows(conn: sqlite3.Connection, series: Series, readings: list[Reading]
-                 ) -> list[tuple[Any, ...]]:
-    """Rows for INSERT_READING.  The hot path: one key hash and one dict lookup per reading."""
+def reading_params(conn: sqlite3.Connection, series: Series, readings: list[Reading]
+                   ) -> tuple[list[Any], list[bytes]]:
+    """Flat parameters for `insert_reading_rows`, and the de-duplication keys in order.
+
+    The hot path: one key hash and one dict lookup per reading.  Raises ValueError for a
+    reading SQLite would store a NULL for (OR IGNORE would silently skip that row).
+    """
     ids = series.ids
-    out: list[tuple[Any, ...]] = []
-    append = out.append
+    params: list[Any] = []
+    extend = params.extend
+    dks: list[bytes] = []
+    add_dk = dks.append
     qcodes = QUALITY_CODES
     for r in readings:
         skey = (r.device_id, r.measurement, r.unit, r.facility, r.line, r.zone)
@@ -113,10 +118,47 @@ def reading_rows(conn: sqlite3.Connection, series: Series, readings: list[Readin
             t = 0 if r.seq is not None else r.received_ms
         else:
             t = r.ts_ms
+        v = r.value
+        if v != v or v is None or r.ts_ms is None or r.received_ms is None:
+            raise ValueError(f"reading of {r.device_id!r} has no value or time")
         q = r.quality
-        append(((t & _MASK48).to_bytes(6, "big") + r.idempotency_key(), r.received_ms, sid,
-                r.ts_ms, r.value, qcodes.get(q, q), r.battery_voltage, r.seq, sts, r.flags))
-    return out
+        dk = (t & _MASK48).to_bytes(6, "big") + r.idempotency_key()
+        add_dk(dk)
+        extend((dk, r.received_ms, sid, r.ts_ms, v, qcodes.get(q, q), r.battery_voltage, r.seq,
+                sts, r.flags))
+    return params, dks
+
+
+#: rows per INSERT statement.  One statement per chunk (not one per row, as executemany
+#: does) matters beyond speed: Python releases the GIL around every SQLite step, and each
+#: re-acquisition can wait for the event loop thread's switch interval
+CHUNK = 512
+_PAD = (None,) * READING_PARAMS
+
+
+@functools.lru_cache(maxsize=16)
+def insert_readings_sql(rows: int) -> str:
+    values = ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * rows)
+    return ("INSERT OR IGNORE INTO readings(dk, rx_ms, series, ts_ms, value, quality, battery,"
+            f" seq, sensor_ts_ms, flags) SELECT * FROM (VALUES {values}) AS v"
+            " WHERE v.column1 IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.dk = v.column1)")
+
+
+def insert_reading_rows(conn: sqlite3.Connection, params: list[Any]) -> int:
+    """Insert rows (flat `params`), skipping keys already stored or sent.  Returns rows
+    inserted.  Statements come in power-of-two sizes (padded with NULL rows the WHERE
+    drops) so that a handful of prepared statements serve every group size."""
+    n = len(params) // READING_PARAMS
+    stored = 0
+    for start in range(0, n, CHUNK):
+        rows = min(CHUNK, n - start)
+        size = 1 << (rows - 1).bit_length()
+        chunk = params[start * READING_PARAMS:(start + rows) * READING_PARAMS]
+        if size > rows:
+            chunk.extend(_PAD * (size - rows))
+        stored += conn.execute(insert_readings_sql(size), chunk).rowcount
+    return stored
 
 
 def event_row(conn: sqlite3.Connection, series: Series, e: Event, rx_ms: int
@@ -129,15 +171,22 @@ def event_row(conn: sqlite3.Connection, series: Series, e: Event, rx_ms: int
     return (time_prefix(e.ts_ms) + bytes(e.key), int(e.priority), rx_ms, sid, e.ts_ms, body)
 
 
+def decode_readings(series: Series, rows: list[tuple[Any, ...]]) -> list[Reading]:
+    """Rows selected with READING_COLS -> Readings (positional: measurably cheaper)."""
+    keys = series.keys
+    names = QUALITY_NAMES
+    out: list[Reading] = []
+    append = out.append
+    for _id, _dk, rx_ms, sid, ts_ms, value, q, battery, seq, sensor_ts, flags in rows:
+        device, measurement, unit, facility, line, zone = keys[sid]
+        append(Reading(device, ts_ms, value, measurement, unit, facility, line, zone,
+                       names.get(q, str(q)) if q.__class__ is int else q, battery, seq, rx_ms,
+                       sensor_ts, flags))
+    return out
+
+
 def decode_reading(series: Series, row: tuple[Any, ...]) -> Reading:
-    """A row selected with READING_COLS -> Reading."""
-    _id, _dk, rx_ms, sid, ts_ms, value, quality, battery, seq, sensor_ts, flags = row
-    device, measurement, unit, facility, line, zone = series.keys[sid]
-    return Reading(device_id=device, ts_ms=ts_ms, value=value, measurement=measurement,
-                   unit=unit, facility=facility, line=line, zone=zone,
-                   quality=QUALITY_NAMES.get(quality, str(quality)) if isinstance(quality, int)
-                   else quality, battery_voltage=battery, seq=seq, received_ms=rx_ms,
-                   sensor_ts_ms=sensor_ts, flags=flags)
+    return decode_readings(series, [row])[0]
 
 
 def decode_event(series: Series, row: tuple[Any, ...]) -> Event:

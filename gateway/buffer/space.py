@@ -41,8 +41,17 @@ SEEN_ROW_BYTES = 70
 
 def pages(conn: sqlite3.Connection) -> tuple[int, int]:
     """(page_count, freelist_count) of the main database, as the open transaction sees it."""
-    return (conn.execute("PRAGMA page_count").fetchone()[0],
-            conn.execute("PRAGMA freelist_count").fetchone()[0])
+    pc, free = conn.execute("SELECT (SELECT * FROM pragma_page_count()),"
+                            " (SELECT * FROM pragma_freelist_count())").fetchone()
+    return int(pc), int(free)
+
+
+def probe(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """pages() and the highest raw reading id, in one statement."""
+    pc, free, max_id = conn.execute(
+        "SELECT (SELECT * FROM pragma_page_count()), (SELECT * FROM pragma_freelist_count()),"
+        " (SELECT coalesce(max(id), 0) FROM readings)").fetchone()
+    return int(pc), int(free), int(max_id)
 
 
 def pages_for(store: Store, n_rows: int, *, per_row: float | None = None) -> int:

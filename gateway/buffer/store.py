@@ -25,16 +25,17 @@ from edge.model import Event, Priority, Reading
 from gateway.buffer import space
 from gateway.buffer.results import CLASS_NAMES, AppendResult, BufferStats, DeadLetter
 from gateway.buffer.rows import (
+    CHUNK,
     EVENT_COLS,
     INSERT_EVENT,
-    INSERT_READING,
     READING_COLS,
     RECORD_ERRORS,
     Series,
     decode_event,
     decode_reading,
     event_row,
-    reading_rows,
+    insert_reading_rows,
+    reading_params,
 )
 from gateway.buffer.schema import SCHEMA_VERSION, connect
 from gateway.buffer.settings import BufferSettings, Synchronous
@@ -187,7 +188,6 @@ class Store:
         self.state = st
         self._oldest_dirty = True
         self.refresh_sizes()
-        self._data_version = c.execute("PRAGMA data_version").fetchone()[0]
 
     # -- transactions ------------------------------------------------------------------------
     @property
@@ -218,11 +218,13 @@ class Store:
     def commit(self) -> None:
         tx = self.tx
         if self._dirty:
-            self.conn.executemany(
-                "INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE"
-                " SET value = value + excluded.value",
-                [(name, tx.counters[name] - self.state.counters.get(name, 0))
-                 for name in self._dirty])
+            args: list[Any] = []
+            for name in sorted(self._dirty):
+                args += (name, tx.counters[name] - self.state.counters.get(name, 0))
+            self.conn.execute(
+                "INSERT INTO counters(name, value) VALUES "
+                + ",".join(["(?, ?)"] * len(self._dirty))
+                + " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", args)
         self.conn.execute("COMMIT")
         synced = self._fsync_switched or self.settings.synchronous == Synchronous.FULL
         self._restore_sync()
@@ -232,8 +234,6 @@ class Store:
         self.series.committed()
         self.timings.commits += 1
         self.timings.sync_commits += synced
-        # our own commits change data_version only for other connections
-        self._data_version = self.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def rollback(self) -> None:
         try:
@@ -293,7 +293,11 @@ class Store:
             self.refresh_sizes()
 
     def refresh_sizes(self) -> None:
-        self.db_pages, self.free_pages = space.pages(self.conn)
+        # data_version changes only with other connections' commits: remembering it after
+        # our own lets `begin` notice the operator CLI's
+        self.db_pages, self.free_pages, self._data_version = self.conn.execute(
+            "SELECT (SELECT * FROM pragma_page_count()), (SELECT * FROM pragma_freelist_count()),"
+            " (SELECT * FROM pragma_data_version())").fetchone()
         try:
             self.wal_bytes = os.stat(self.settings.path + "-wal").st_size
         except FileNotFoundError:
@@ -315,57 +319,61 @@ class Store:
     def insert_readings(self, batches: list[list[Reading]], now_ms: int) -> list[AppendResult]:
         """Insert several callers' readings; one result per caller, in order.
 
-        Fast path: one `executemany` for the whole group.  A caller whose readings cannot be
-        stored as a whole (no room left after eviction, or a record SQLite rejects) is refused
-        as a whole, so an ingress never acknowledges half a message.
+        Fast path: all callers' rows in one INSERT per 512 rows.  A caller whose readings
+        cannot be stored as a whole (no room left after eviction, or an invalid record) is
+        refused as a whole, so an ingress never acknowledges half a message.
         """
         total = sum(len(b) for b in batches)
         if total == 0:
             return [AppendResult() for _ in batches]
+        pc, free, max_id = space.probe(self.conn)
         need = space.pages_for(self, total)
-        if not space.make_room(self, need, now_ms):
-            return self._insert_each(batches, now_ms)
+        if pc - free + need > self.settings.db_budget_pages:
+            if not space.make_room(self, need, now_ms):
+                return self._insert_each(batches, now_ms)
+            pc, free, max_id = space.probe(self.conn)
+        if self.tx_raw_floor is None:
+            self.tx_raw_floor = max_id + 1
+        self._used_before = pc - free
         try:
-            with self.savepoint():
-                results = self._insert_all(batches, total)
+            params, dks = reading_params(self.conn, self.series,
+                                         [r for b in batches for r in b])
+            if total > CHUNK:  # several statements: all or nothing
+                with self.savepoint():
+                    stored = insert_reading_rows(self.conn, params)
+            else:
+                stored = insert_reading_rows(self.conn, params)
         except RECORD_ERRORS:
             return self._insert_each(batches, now_ms)
-        pc, free = space.after_insert(self, now_ms)
-        self._learn_row_size(pc - free, sum(r.stored for r in results))
-        return results
-
-    def _insert_all(self, batches: list[list[Reading]], total: int) -> list[AppendResult]:
-        conn = self.conn
-        rows = reading_rows(conn, self.series, [r for b in batches for r in b])
-        before = self._max_raw_id()
-        if self.tx_raw_floor is None:
-            self.tx_raw_floor = before + 1
-        pc, free = space.pages(conn)
-        self._used_before = pc - free
-        stored = conn.executemany(INSERT_READING, rows).rowcount
         self._account(stored, total - stored)
         if stored == total:
-            return [AppendResult(stored=len(b)) for b in batches]
-        inserted = {dk for (dk,) in conn.execute(
-            "SELECT dk FROM readings WHERE id > ?", (before,))}
+            results = [AppendResult(stored=len(b)) for b in batches]
+        else:
+            results = self._attribute(batches, dks, max_id)
+        pc, free = space.after_insert(self, now_ms)
+        self._learn_row_size(pc - free, stored)
+        return results
+
+    def _attribute(self, batches: list[list[Reading]], dks: list[bytes], max_id: int
+                   ) -> list[AppendResult]:
+        """Which caller's readings were new: the rows above `max_id` are this insert's."""
+        inserted = {bytes(dk) for (dk,) in self.conn.execute(
+            "SELECT dk FROM readings WHERE id > ?", (max_id,))}
         results = []
         i = 0
         for b in batches:
             n_new = 0
-            for row in rows[i:i + len(b)]:
-                if row[0] in inserted:
-                    inserted.discard(row[0])  # a repeat within the group is a duplicate
+            for dk in dks[i:i + len(b)]:
+                if dk in inserted:
+                    inserted.discard(dk)  # a repeat within the group is a duplicate
                     n_new += 1
             i += len(b)
             results.append(AppendResult(stored=n_new, duplicates=len(b) - n_new))
         return results
 
-    def _max_raw_id(self) -> int:
-        return int(self.conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])
-
     def _insert_each(self, batches: list[list[Reading]], now_ms: int) -> list[AppendResult]:
         if self.tx_raw_floor is None:
-            self.tx_raw_floor = self._max_raw_id() + 1
+            self.tx_raw_floor = space.probe(self.conn)[2] + 1
         results = []
         for b in batches:
             if not b:
@@ -377,8 +385,8 @@ class Store:
                 continue
             try:
                 with self.savepoint():
-                    rows = reading_rows(self.conn, self.series, b)
-                    stored = self.conn.executemany(INSERT_READING, rows).rowcount
+                    params, _dks = reading_params(self.conn, self.series, b)
+                    stored = insert_reading_rows(self.conn, params)
                     self._account(stored, len(b) - stored)
             except RECORD_ERRORS:
                 self.bump("refused.invalid_record.raw", len(b))

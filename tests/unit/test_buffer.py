@@ -286,12 +286,15 @@ async def test_replay_dead_letters_through_a_handler(settings, clock) -> None:
 
 async def test_invalid_record_refuses_only_its_caller(settings, clock) -> None:
     good = [reading(1)]
-    bad = [reading(2, seq=2**70)]  # beyond SQLite's integers
+    too_big = [reading(2), reading(3, seq=2**70)]  # beyond SQLite's integers
+    nan = [reading(4, value=float("nan"))]  # SQLite would store NULL; OR IGNORE would skip it
     async with Buffer(settings, clock=clock) as buf:
-        results = await asyncio.gather(buf.append(good), buf.append(bad))
+        results = await asyncio.gather(buf.append(good), buf.append(too_big), buf.append(nan))
         assert results[0].stored == 1
-        assert (results[1].refused, results[1].refused_reason) == (1, "invalid_record")
-        assert buf.stats().refused == {"invalid_record": {"raw": 1}}
+        assert (results[1].refused, results[1].refused_reason) == (2, "invalid_record")
+        assert (results[2].refused, results[2].refused_reason) == (1, "invalid_record")
+        assert buf.stats().refused == {"invalid_record": {"raw": 3}}
+        assert buf.stats().rows["raw"] == 1
 
 
 async def test_writer_backlog_refuses_with_busy(tmp_path, clock) -> None:

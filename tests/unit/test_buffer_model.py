@@ -216,10 +216,13 @@ class BufferMachine(RuleBasedStateMachine):
     def claim(self, max_records: int, live_share: float) -> int:
         m = self.model
         unclaimed = {c: m.unclaimed(c) for c in Priority}
-        op = CallOp(fsync=True, fn=lambda s, now: claims.load_claim(
-            s, seq) if (seq := claims.make_claim(s, max_records, live_share, now)) else None)
+        op = CallOp(fsync=True,
+                    fn=lambda s, now: claims.make_claim(s, max_records, live_share, now))
         self.run_ops([op])
         c: Claim | None = op.result
+        if c is not None:  # what the uplink gets is what a restart would re-offer
+            with self.store.transaction():
+                assert claims.load_claim(self.store, c.seq) == c
         if c is None:
             assert not any(unclaimed.values())
             return 0
