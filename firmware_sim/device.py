@@ -361,3 +361,24 @@ class DeviceModel:
                 keep.append((release, batch))
         self.held = keep
         return out
+
+
+def generate(cfg: SimConfig, start_ms: int, duration_s: float) -> dict[str, list[Emission]]:
+    """Every emission a run of `duration_s` from `start_ms` generates, per device, in the order
+    the device sends them — what `Fleet.run` hands to the links, computed without running.
+
+    A device sends tick k iff its time is before ``start_ms + duration_s``; readings still held
+    back (late, out of order) at the end are sent last, as the fleet does when it stops.
+    """
+    end_ms = start_ms + round(duration_s * 1000)
+    out: dict[str, list[Emission]] = {}
+    for spec in expand_fleet(cfg):
+        model = DeviceModel(spec, cfg, start_ms)
+        sent: list[Emission] = []
+        k = 0
+        while model.tick_ms(k) < end_ms:
+            sent += model.tick(k)
+            k += 1
+        sent += model.drain_held()
+        out[spec.device_id] = sent
+    return out

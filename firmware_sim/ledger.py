@@ -119,7 +119,7 @@ class LedgerWriter:
                            if spec.protocol == "coap" else "serial", spec.protocol.value,
                            spec.qos, e.sent_ms, 1 if e.ack_ms is not None else 0, e.ack_ms,
                            e.attempts, e.faults or None, e.expect, e.failure, len(e.payload)))
-        if len(self._rows) >= self._flush_rows and self._pending is None:
+        if len(self._rows) >= self._flush_rows:
             self.flush_soon()
 
     def event(self, device_id: str | None, kind: str, at_ms: int, detail: str = "") -> None:

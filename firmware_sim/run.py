@@ -57,8 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ledger", metavar="PATH", help="SQLite ledger of every reading")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                   help="event loop: uvloop when installed (auto), else asyncio's")
     p.add_argument("--log-level", default="warning")
     return p
+
+
+def run_loop(coro: Any, loop: str = "auto") -> Any:
+    """Run `coro` on uvloop when asked for or available (it halves the per-message cost of
+    the loop itself), else on asyncio's default loop."""
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
 
 
 def _split(total: int, weights: list[int]) -> list[int]:
@@ -213,7 +229,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"fieldlink sim run: {exc}", file=sys.stderr)
         return 2
     try:
-        summary = asyncio.run(run_fleet(cfg, quiet=args.quiet))
+        summary = run_loop(run_fleet(cfg, quiet=args.quiet), args.loop)
     except Exception as exc:  # noqa: BLE001 - reported, then a non-zero exit
         print(f"fieldlink sim run: the simulator failed: {type(exc).__name__}: {exc}",
               file=sys.stderr)
