@@ -17,7 +17,8 @@ the frame, never by the spec.
                                                x[i] = head + offset + i * period + res
     [8, base, k, positions, values]    SPARSE  every value is base except k listed ones
 
-heads/deltas/offsets/res/positions/values are nested icols.  RUNS and GRID need the run
+Mode numbers and layouts are part of format v1.  heads/deltas/offsets/res/positions/values
+are nested icols.  RUNS and GRID need the run
 lengths, which the caller knows (`edge.codec.body`); runs make consecutive values belong to
 one sensor, so deltas are small, and GRID catches a sensor that samples on a clock: its
 timestamps are the period plus a bounded jitter, cheaper than their deltas.
@@ -247,9 +248,10 @@ def encode_ints(xs: list[int], lengths: Sequence[int] | None = None) -> tuple[An
     costed too.
     """
     best, best_cost = _flat(xs)
-    runs = _split(xs, [length for length in lengths if length]) if lengths else []
-    if not 1 < len(runs) < len(xs) or type(best) is int:
+    nonempty = [length for length in lengths if length] if lengths else []
+    if not 1 < len(nonempty) < len(xs) or type(best) is int:
         return best, best_cost
+    runs = _split(xs, nonempty)
     heads = [run[0] for run in runs]
     head_spec, head_cost = _flat(heads)
     deltas = [b - a for run in runs for a, b in zip(run, run[1:])]

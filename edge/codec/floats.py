@@ -26,6 +26,8 @@ MAX_SCALE = 9
 #: scaled integers stay below 2**53, where every integer is an exact double
 _SCALED_LIMIT = float(2**53)
 _POW10 = [10**k for k in range(MAX_SCALE + 1)]
+#: above this many runs, a scale common to all is tried first (per-run search is per-call)
+_PER_RUN_MAX = 64
 
 
 def _exact_at(values: Sequence[float], k: int) -> bool:
@@ -72,13 +74,19 @@ def encode_floats(values: Sequence[float], lengths: Sequence[int]) -> tuple[list
 
     Each run gets its smallest exact scale, unless one scale (the largest of those) is exact
     for every scalable run: then all use it, since ints at one scale difference well across
-    runs (21.5 next to 21.53 is cheaper as 2150 next to 2153).
+    runs (21.5 next to 21.53 is cheaper as 2150 next to 2153).  With many runs the common
+    scale is looked for first, in one pass.
     """
     runs: list[Sequence[float]] = []
     start = 0
     for length in lengths:
         runs.append(values[start:start + length])
         start += length
+    if len(runs) > _PER_RUN_MAX:
+        # many short runs (a fleet snapshot): one pass over all values finds the common scale
+        k = scale_of(values)
+        if k >= 0:
+            return _float_spec(runs, [k] * len(runs))
     scales: list[int] = []
     prev = 0
     for run in runs:

@@ -39,8 +39,9 @@ _DIGITS = re.compile(r"([0-9]+)")
 _MAX_DIGITS = 18
 
 #: Strings almost every batch carries (measurements, units, qualities), sent as their index
-#: here instead of their text.  Part of format v1: append-only is NOT allowed within v1
-#: (an old decoder would not know the new entries); changing it means format v2.
+#: here instead of their text.  Part of format v1: no entry is changed, removed or added
+#: within v1 (a decoder of the same version would misread or reject it); a new table is a
+#: new format version.
 STATIC = (
     "", "temperature", "humidity", "pressure", "vibration", "voltage", "current", "power",
     "energy", "flow", "level", "speed", "co2", "light", "sound",
@@ -86,9 +87,13 @@ def encode_strings(strings: Sequence[str]) -> tuple[list[Any], list[str]]:
     return spec, order
 
 
-def _format_of(texts: list[str]) -> str:
-    # each field is rendered by "%0*d" % (width, value): zero-padded to its width
-    return "%0*d".join([t.replace("%", "%%") for t in texts])
+def _format_of(texts: list[str], widths: list[int | None]) -> str:
+    # a field is "%0Wd" % value when all its widths are W, else "%0*d" % (width, value)
+    out = [texts[0].replace("%", "%%")]
+    for text, width in zip(texts[1:], widths):
+        out.append("%0*d" if width is None else f"%0{width}d")
+        out.append(text.replace("%", "%%"))
+    return "".join(out)
 
 
 def decode_strings(spec: Any, max_count: int, max_chars: int) -> list[str]:
@@ -125,6 +130,7 @@ def decode_strings(spec: Any, max_count: int, max_chars: int) -> list[str]:
     f = 0
     for texts, count in zip(templates, counts):
         args: list[list[int]] = []
+        fixed: list[int | None] = []
         for column in fields[f:f + len(texts) - 1]:
             if type(column) is not list or len(column) != 2:
                 raise MalformedFrame("string field column is not a [values, widths] pair")
@@ -133,8 +139,16 @@ def decode_strings(spec: Any, max_count: int, max_chars: int) -> list[str]:
             if count and not (0 <= min(values) and max(values) < 10**_MAX_DIGITS
                               and 1 <= min(widths) and max(widths) <= _MAX_DIGITS):
                 raise MalformedFrame("string field value or width out of range")
-            args += [widths, values]
+            if type(column[1]) is int:
+                fixed.append(column[1])
+            else:
+                fixed.append(None)
+                args.append(widths)
+            args.append(values)
         f += len(texts) - 1
-        fmt = _format_of(texts)
-        out += [fmt % a for a in zip(*args)]
+        fmt = _format_of(texts, fixed)
+        if len(args) == 1:
+            out += map(fmt.__mod__, args[0])
+        else:
+            out += map(fmt.__mod__, zip(*args))
     return out
