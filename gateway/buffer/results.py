@@ -105,6 +105,9 @@ class BufferStats:
     wal_bytes: int
     #: pages in use (not on the free list) x page size
     used_bytes: int
+    #: an estimate of `used_bytes` per class: rows x the bytes a row was measured to take
+    #: (raw: learnt from inserts; events: a fixed 200 B)
+    est_bytes_by_class: dict[str, int]
     max_bytes: int
     #: now minus the receive time of the oldest row not yet acknowledged; None when empty
     oldest_unsent_age_ms: int | None

@@ -55,6 +55,8 @@ def unpack_ranges(blob: bytes) -> tuple[tuple[int, int], ...]:
 
 _CLASS = {int(p): name for p, name in CLASS_NAMES.items()}
 
+#: what an aggregate or alert row takes on disk, roughly (for the per-class estimate)
+EVENT_BYTES_EST = 200
 #: above any row id SQLite hands out
 MAX_ID = 2**63 - 1
 
@@ -599,6 +601,9 @@ class Store:
             claimed_rows=st.claimed, claims_in_flight=len(st.claims),
             db_bytes=self.db_pages * self.page_size, wal_bytes=self.wal_bytes,
             used_bytes=(self.db_pages - self.free_pages) * self.page_size,
+            est_bytes_by_class={_CLASS[p]: int(n * (self.row_bytes_est if p == RAW else
+                                                     EVENT_BYTES_EST))
+                                for p, n in st.rows.items()},
             max_bytes=self.settings.max_bytes,
             oldest_unsent_age_ms=None if self.oldest_rx is None else
             max(0, now_ms - self.oldest_rx),
