@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import random
 import sys
 import zlib
 from typing import Any
@@ -60,6 +61,38 @@ def _multi_device() -> list[Reading]:
     return out
 
 
+def _fleet() -> list[Reading]:
+    """Enough readings for the byte-plane modes: 8 clock-driven sensors for 40 s in arrival
+    order (grid timestamps, random walks, battery steps, counters), then a 120-device
+    snapshot."""
+    rng = random.Random(20240115)
+    out = []
+    for d in range(8):
+        phase, centi, battery, seq = rng.randint(0, 999), rng.randint(2000, 2600), 480, d * 1000
+        for i in range(40):
+            ts = T0 + phase + 1000 * i + rng.randint(0, 4)
+            centi += rng.randint(-3, 3)
+            battery -= rng.random() < 0.05
+            out.append(Reading(
+                device_id=f"sensor_{d + 1:04d}_line{1 + d % 3}", measurement="temperature",
+                ts_ms=ts, value=centi / 100, unit="celsius", facility="factory_a",
+                line=str(1 + d % 3), zone=["assembly", "paint", "press"][d % 3],
+                quality="good", battery_voltage=battery / 100, seq=seq + i,
+                received_ms=ts + rng.randint(1, 5)))
+    out.sort(key=lambda r: (r.received_ms, r.device_id))
+    snapshot = []
+    for d in range(120):
+        ts = T0 + 60_000 + rng.randint(0, 999)
+        snapshot.append(Reading(
+            device_id=f"sensor_{d + 101:04d}_line{rng.randint(1, 5)}", measurement="humidity",
+            ts_ms=ts, value=rng.randint(3000, 6000) / 100, unit="percent",
+            facility="factory_b", line=None, zone="warehouse", quality="good",
+            battery_voltage=rng.randint(330, 480) / 100, seq=3600 - rng.randint(0, 9),
+            received_ms=ts + rng.randint(1, 5)))
+    snapshot.sort(key=lambda r: r.received_ms)
+    return out + snapshot
+
+
 def _events() -> list[Event]:
     return [
         Event(kind="aggregate", key=bytes(range(16)), ts_ms=T0 + 10_000,
@@ -79,6 +112,7 @@ CASES: dict[str, tuple[Batch, str]] = {
     "seed_single_none": (Batch("gw-factory-a-01", 1, T0 + 60_000, [SEED]), "none"),
     "multi_device_zstd": (Batch("gw-factory-a-01", 2, T0 + 61_000, _multi_device()), "zstd"),
     "multi_device_gzip": (Batch("gw-factory-a-01", 2, T0 + 61_000, _multi_device()), "gzip"),
+    "fleet_zstd": (Batch("gw-factory-a-01", 4, T0 + 120_000, _fleet()), "zstd"),
     "with_events_zstd": (Batch("gw-factory-a-01", 3, T0 + 62_000, [SEED], _events()), "zstd"),
     "events_only_none": (Batch("gw-factory-a-01", 2**64 - 1, T0 + 63_000, [], _events()),
                          "none"),
@@ -134,7 +168,18 @@ def render(batch: Batch, compression: str) -> tuple[str, bytes]:
                    "event_count": header.event_count, "batch_id": header.batch_id},
         "batch": batch_to_json(batch),
     }
-    return json.dumps(description, indent=1, ensure_ascii=False) + "\n", frame
+    return _dumps(description) + "\n", frame
+
+
+def _dumps(description: dict[str, Any]) -> str:
+    """Indented JSON with one line per reading and per event (readable, diffable, compact)."""
+    batch = description["batch"]
+    shell = {**description, "batch": {**batch, "readings": [], "events": []}}
+    text = json.dumps(shell, indent=1, ensure_ascii=False)
+    for key in ("readings", "events"):
+        rows = ",\n".join("   " + json.dumps(row, ensure_ascii=False) for row in batch[key])
+        text = text.replace(f'"{key}": []', f'"{key}": [\n{rows}\n  ]' if rows else f'"{key}": []')
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

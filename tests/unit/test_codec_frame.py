@@ -318,3 +318,17 @@ def test_a_thousand_readings_compress_far_below_json() -> None:
                 for i in range(100) for d in range(10)]
     frame = encode_batch(_batch(readings))
     assert len(frame) < 3 * len(readings)       # JSON is ~230 bytes per reading
+
+
+def test_slot_filled_readings_equal_constructed_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.codec import body
+
+    batch = _batch([SEED, Reading("d", T0, -1.25, seq=3, sensor_ts_ms=T0 - 5, flags=2)])
+    frame = encode_batch(batch)
+    fast = decode_batch(frame).readings
+    monkeypatch.setattr(body, "_SLOT_FILL", False)
+    slow = decode_batch(frame).readings
+    assert fast == slow == batch.readings
+    assert [hash(r) for r in fast] == [hash(r) for r in slow]
+    with pytest.raises(AttributeError):
+        fast[0].value = 1.0  # type: ignore[misc]   # still frozen

@@ -58,7 +58,27 @@ def _body(frame: bytes) -> bytes:
 def test_the_fixtures_exist() -> None:
     # every compression and the shapes the format has to carry
     assert {"seed_single_zstd", "seed_single_gzip", "seed_single_none", "multi_device_zstd",
-            "with_events_zstd"} <= set(CASES)
+            "fleet_zstd", "with_events_zstd"} <= set(CASES)
+
+
+def test_the_fleet_fixture_exercises_every_column_mode() -> None:
+    import msgpack
+
+    from edge.codec import columns as C
+
+    description, frame = _load("fleet_zstd")
+    body = msgpack.unpackb(_body(frame), raw=False)
+    modes: set[int] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            if len(node) >= 3 and type(node[0]) is int and C.RAW <= node[0] <= C.SPARSE:
+                modes.add(node[0])
+            for item in node:
+                walk(item)
+
+    walk(body[1:-1])
+    assert modes >= {C.RAW, C.CENTRED, C.DELTA, C.PACKED, C.RUNS, C.GRID, C.SPARSE}
 
 
 @pytest.mark.parametrize("name", CASES)
