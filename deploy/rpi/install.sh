@@ -154,18 +154,21 @@ wheels_stamp() {
     } | sha256sum | cut -c1-16
 }
 
-# A venv for $1; falls back to --without-pip plus pip from the wheels when the Python lacks
-# ensurepip (Debian's python3 without python3-venv).
+# make_venv DIR SPEC: a venv at DIR with SPEC and pip installed offline.  With a pip wheel
+# among the wheels, pip runs from that wheel into a venv made --without-pip: no ensurepip
+# needed (Debian's python3 without python3-venv) and one pip run instead of two.
 make_venv() {
-    local dir=$1
-    if "$PYTHON" -m venv "$dir" >/dev/null 2>&1; then return 0; fi
-    rm -rf "$dir"
-    log "$PYTHON -m venv failed (no ensurepip?); bootstrapping pip from the wheels"
-    "$PYTHON" -m venv --without-pip "$dir" || die "$PYTHON cannot create a venv"
-    local pip_whl
-    pip_whl=$(find "$WHEELS" -maxdepth 1 -name 'pip-*.whl' | sort | tail -n1)
-    [[ -n $pip_whl ]] || die "no pip wheel in $WHEELS to bootstrap the venv with"
-    "$dir/bin/python" "$pip_whl/pip" install -q --no-index --find-links "$WHEELS" pip
+    local dir=$1 spec=$2 pip_whl
+    pip_whl=$(find "$WHEELS" -maxdepth 1 -name 'pip-*.whl' | sort -V | tail -n1)
+    local -a pip_opts=(install -q --no-index --no-cache-dir --disable-pip-version-check
+        --find-links "$WHEELS")
+    if [[ -n $pip_whl ]]; then
+        "$PYTHON" -m venv --without-pip "$dir" || return 1
+        "$PYTHON" "$pip_whl/pip" --python "$dir/bin/python" "${pip_opts[@]}" pip "$spec"
+    else
+        "$PYTHON" -m venv "$dir" || return 1
+        "$dir/bin/python" -m pip "${pip_opts[@]}" "$spec"
+    fi
 }
 
 install_venv() {
@@ -188,12 +191,10 @@ install_venv() {
     local rel=$RELEASES/$name
     mkdir -p "$RELEASES"
     rm -rf "$rel"
-    log "building $rel from $WHEELS"
-    make_venv "$rel"
     local spec=fieldlink
     if [[ -n $EXTRAS ]]; then spec="fieldlink[$EXTRAS]"; fi
-    if ! "$rel/bin/python" -m pip install -q --no-index --no-cache-dir \
-        --disable-pip-version-check --find-links "$WHEELS" "$spec"; then
+    log "building $rel: $spec from $WHEELS"
+    if ! make_venv "$rel" "$spec"; then
         rm -rf "$rel"
         die "pip could not install $spec from $WHEELS (the running release is unchanged)"
     fi

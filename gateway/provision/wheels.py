@@ -100,6 +100,23 @@ def _pip(args: Sequence[str], what: str, *, quiet: bool) -> None:
         raise ProvisionError(f"{what} failed (pip exit {proc.returncode}):\n{tail}")
 
 
+def _can_build_here() -> bool:
+    """True when this interpreter has the build backend pyproject.toml asks for."""
+    from importlib import metadata
+
+    try:
+        version = tuple(int(x) for x in metadata.version("setuptools").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    if version < (68, 0):
+        return False
+    # bdist_wheel lives in setuptools itself from 70.1, in the `wheel` package before
+    try:
+        return version >= (70, 1) or bool(metadata.version("wheel"))
+    except metadata.PackageNotFoundError:
+        return False
+
+
 def build_fieldlink_wheel(root: Path, cache: Path, *, quiet: bool) -> Path:
     target = cache / "fieldlink-build" / _tree_hash(root)
     found = sorted(target.glob("fieldlink-*.whl"))
@@ -107,17 +124,18 @@ def build_fieldlink_wheel(root: Path, cache: Path, *, quiet: bool) -> Path:
         return found[-1]
     with tempfile.TemporaryDirectory(prefix="fieldlink-wheel-") as tmp:
         args = ["wheel", "--no-deps", "--wheel-dir", tmp, str(root)]
-        try:
-            import setuptools  # noqa: F401  (present: build here, offline and fast)
-            args.insert(1, "--no-build-isolation")
-        except ImportError:
-            pass
+        if _can_build_here():
+            args.insert(1, "--no-build-isolation")  # offline and fast
         _pip(args, f"building the fieldlink wheel from {root}", quiet=quiet)
         wheels = list(Path(tmp).glob("fieldlink-*.whl"))
         if len(wheels) != 1:
             raise ProvisionError(f"pip wheel produced {len(wheels)} fieldlink wheels in {tmp}")
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy2(wheels[0], target / wheels[0].name)
+    # a build per source state: keep the few most recent, not every edit's
+    builds = sorted(target.parent.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in builds[5:]:
+        shutil.rmtree(old, ignore_errors=True)
     return target / wheels[0].name
 
 
