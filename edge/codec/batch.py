@@ -78,7 +78,12 @@ def encode_batch(batch: Batch, compression: str = "zstd") -> bytes:
     gw = batch.gateway_id
     if type(gw) is not str or not gw:
         raise WrongType("gateway_id must be a non-empty string", field="gateway_id")
-    if len(gw.encode()) > MAX_GATEWAY_ID_BYTES:
+    try:
+        gw_bytes = gw.encode()
+    except UnicodeEncodeError as e:
+        raise WrongType(f"gateway_id is not valid unicode: {e.reason}",
+                        field="gateway_id") from e
+    if len(gw_bytes) > MAX_GATEWAY_ID_BYTES:
         raise Oversize(f"gateway_id longer than {MAX_GATEWAY_ID_BYTES} bytes",
                        field="gateway_id")
     for name, value in (("sequence", batch.sequence), ("created_ms", batch.created_ms)):

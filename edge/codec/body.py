@@ -132,6 +132,13 @@ def _check_keys(keys: list[tuple[Any, ...]]) -> None:
             bad = next(k[i] for k in keys if type(k[i]) not in allowed)
             raise WrongType(f"{name} must be a string, got {type(bad).__name__}", field=name,
                             value=bad)
+        for value in {k[i] for k in keys}:
+            if value is not None and not value.isascii():
+                try:
+                    value.encode()
+                except UnicodeEncodeError as e:
+                    raise WrongType(f"{name} is not valid unicode: {e.reason}", field=name,
+                                    value=value) from e
 
 
 def _by_received(received: list[int], lengths: list[int]) -> list[int]:

@@ -225,7 +225,7 @@ def test_a_body_inconsistent_with_its_header_is_malformed() -> None:
     ({"gateway_id": ""}, WrongType), ({"gateway_id": 7}, WrongType),
     ({"gateway_id": "g" * 256}, Oversize), ({"gateway_id": "ü" * 128}, Oversize),
     ({"sequence": -1}, ValidationError), ({"sequence": 2**64}, ValidationError),
-    ({"created_ms": 1.5}, ValidationError),
+    ({"created_ms": 1.5}, ValidationError), ({"gateway_id": "gw-\ud800"}, WrongType),
 ])
 def test_encoder_refuses_bad_batch_fields(kw: dict[str, object], error: type) -> None:
     with pytest.raises(error):
@@ -239,6 +239,8 @@ def test_encoder_refuses_bad_batch_fields(kw: dict[str, object], error: type) ->
     ({"seq": "1"}, WrongType), ({"battery_voltage": "4.8"}, WrongType),
     ({"line": 1}, WrongType), ({"device_id": None}, WrongType), ({"unit": None}, WrongType),
     ({"flags": None}, WrongType), ({"sensor_ts_ms": 1.5}, WrongType),
+    ({"value": True}, WrongType), ({"seq": False}, WrongType),
+    ({"device_id": "bad-\ud800"}, WrongType), ({"zone": "\udfff"}, WrongType),
 ])
 def test_encoder_refuses_readings_it_cannot_carry(change: dict[str, object],
                                                   error: type) -> None:
@@ -255,6 +257,8 @@ def test_encoder_refuses_bad_events() -> None:
         encode_batch(_batch(events=[Event("alert", "not bytes", T0, "d")]))  # type: ignore[arg-type]
     with pytest.raises(WrongType):
         encode_batch(_batch(events=[Event("alert", b"k" * 16, T0, "d", {"x": object()})]))
+    with pytest.raises(WrongType):
+        encode_batch(_batch(events=[Event("alert", b"k" * 16, T0, "\ud800", {})]))
     with pytest.raises(ValueError):
         encode_batch(_batch(), compression="lz4")
 
