@@ -67,6 +67,7 @@ class Counters:
     internal_published: int = 0
     callback_errors: int = 0
     sessions_expired: int = 0
+    overload_pauses: int = 0  # connections paused: too many PUBLISHes in flight broker-wide
 
 
 def bump(counts: dict[str, int], reason: str) -> None:
@@ -136,12 +137,30 @@ class Broker:
         self.closing = False
         #: set by MqttServer when it starts (the broker may be built outside the loop)
         self.loop: Any = None
+        #: connections paused because the whole broker has too many PUBLISHes in flight
+        self.paused: set[MqttConnection] = set()
+        self.max_in_flight = settings.max_inflight_total
+        self.resume_below = settings.max_inflight_total // 2
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    # -- overload -------------------------------------------------------------------------
+
+    def overloaded(self, conn: MqttConnection) -> None:
+        """Too many PUBLISHes in flight: stop reading from `conn` until half have finished."""
+        if conn not in self.paused:
+            self.paused.add(conn)
+            self.counters.overload_pauses += 1
+            conn.pause_input()
+
+    def resume_paused(self) -> None:
+        paused, self.paused = self.paused, set()
+        for conn in paused:
+            conn.resume_input()
 
     # -- sessions ---------------------------------------------------------------------------
 

@@ -18,8 +18,10 @@ the connection is closed so the client redelivers.  QoS 2 is acknowledged with P
 the commit; a redelivered PUBLISH with a packet id awaiting PUBREL is answered again but not
 ingested twice.
 
-At most `max_inflight_in` commits per connection are pending; beyond that the socket stops
-being read (TCP back-pressure) until acknowledgements catch up.
+At most `max_inflight_in` commits per connection are pending, and `max_inflight_total` for
+the whole broker; beyond either, sockets stop being read (TCP back-pressure onto the clients)
+until acknowledgements catch up — an overloaded gateway slows its sensors down instead of
+growing its memory.
 
 Anything the protocol forbids closes this connection with a counted reason
 (`gateway.errors.ProtocolViolation`); other connections never notice.  The will is published
@@ -266,13 +268,15 @@ class MqttConnection(asyncio.Protocol):
                 slot = [None]
                 acks = self.acks
                 acks.append(slot)
-                if len(acks) >= self.max_inflight_in and not self.read_paused:
-                    self.read_paused = True
-                    self.transport.pause_reading()
+                if len(acks) >= self.max_inflight_in:
+                    self.pause_input()
             broker = self.broker
             # asyncio.Task directly, and no done-callback: this runs 10,000 times a second
-            broker.tasks.add(_Task(self._ingest(payload, topic, tkey, qos, pid, retain, slot),
-                                   loop=broker.loop, name="mqtt-ingest"))
+            tasks = broker.tasks
+            tasks.add(_Task(self._ingest(payload, topic, tkey, qos, pid, retain, slot),
+                            loop=broker.loop, name="mqtt-ingest"))
+            if len(tasks) > broker.max_in_flight:
+                broker.overloaded(self)
             return
         broker = self.broker
         if not topic.allowed:
@@ -292,11 +296,12 @@ class MqttConnection(asyncio.Protocol):
         slot = [None]  # a QoS 2 reading
         self.acks.append(slot)
         self.pending_qos2.add(pid)
-        if len(self.acks) >= self.max_inflight_in and not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
+        if len(self.acks) >= self.max_inflight_in:
+            self.pause_input()
         broker.tasks.add(_Task(self._ingest(payload, topic, tkey, qos, pid, retain, slot),
                                loop=broker.loop, name="mqtt-ingest"))
+        if len(broker.tasks) > broker.max_in_flight:
+            broker.overloaded(self)
 
     def _resolve_topic(self, tkey: bytes) -> _Topic:
         name = codec.decode_text(tkey)
@@ -345,7 +350,10 @@ class MqttConnection(asyncio.Protocol):
                           extra={"fields": {"topic": topic.name, "peer": self.peer}})
             self.close()
             return
-        broker.tasks.discard(_current_task())  # type: ignore[arg-type]
+        tasks = broker.tasks
+        tasks.discard(_current_task())  # type: ignore[arg-type]
+        if broker.paused and len(tasks) <= broker.resume_below:
+            broker.resume_paused()
         counters = self._counters
         if outcome.rejected is not None:
             bump(counters.readings_rejected, outcome.rejected)
@@ -371,7 +379,7 @@ class MqttConnection(asyncio.Protocol):
             acks.clear()
             self.send(slot[0])  # type: ignore[arg-type]
             if self.read_paused:
-                self._flush_acks()
+                self.resume_input()
         elif acks[0] is slot:
             self._flush_acks()
 
@@ -391,7 +399,21 @@ class MqttConnection(asyncio.Protocol):
                 out.append(acks.popleft()[0])
             if self.state != CLOSED:
                 self.send(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[arg-type]
-        if self.read_paused and len(acks) <= self.max_inflight_in // 2 and self.state != CLOSED:
+        if self.read_paused:
+            self.resume_input()
+
+    def pause_input(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_input(self) -> None:
+        """Read again once this connection's commits caught up, unless the broker as a whole
+        is over its in-flight limit or shutting down."""
+        broker = self.broker
+        if (self.read_paused and self.state != CLOSED and not broker.closing
+                and self not in broker.paused
+                and len(self.acks) <= self.max_inflight_in // 2):
             self.read_paused = False
             self.transport.resume_reading()
 

@@ -139,9 +139,8 @@ class MqttServer:
         for server in self._servers:
             server.close()
         for conn in list(broker.conns):
-            if conn.transport is not None and not conn.read_paused:
-                conn.read_paused = True
-                conn.transport.pause_reading()
+            if conn.transport is not None:
+                conn.pause_input()
         pending = [t for t in broker.tasks if t.get_name() == "mqtt-ingest"]
         if pending:
             _, late = await asyncio.wait(pending, timeout=self.settings.shutdown_grace_s)

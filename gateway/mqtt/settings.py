@@ -77,6 +77,9 @@ class MqttSettings:
     max_connections: int = 20_000
     #: inbound QoS>0 PUBLISHes of one connection awaiting commit before reading pauses
     max_inflight_in: int = 64
+    #: inbound PUBLISHes awaiting ingest across all connections before reading pauses
+    #: (bounds memory when the pipeline cannot keep up)
+    max_inflight_total: int = 20_000
     #: outbound QoS 1 messages unacknowledged per subscriber
     max_inflight_out: int = 32
     #: outbound QoS 1 messages queued per subscriber session (slow or offline)

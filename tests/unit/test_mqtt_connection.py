@@ -459,3 +459,19 @@ async def test_failing_internal_callback_is_counted_not_raised() -> None:
     broker.subscribe_internal("#", lambda m: 1 / 0)
     broker.publish("a", b"x")
     assert broker.counters.callback_errors == 1
+
+
+async def test_broker_wide_in_flight_limit_pauses_and_resumes() -> None:
+    ingest = GatedIngest()
+    broker = make_broker(settings=replace(ANON, max_inflight_total=4), ingest=ingest)
+    conns = [open_conn(broker, connect(f"c{i}")) for i in range(6)]
+    for i, (conn, _) in enumerate(conns):
+        conn.data_received(publish(f"devices/d{i}/t", b"x", 1, 1))
+    # the 5th and 6th PUBLISH took the broker over its limit: their sockets stop being read
+    assert [t.paused for _, t in conns] == [False] * 4 + [True] * 2
+    assert broker.counters.overload_pauses == 2
+    await settle()
+    for gate in ingest.gates[:4]:
+        gate.set_result(Outcome(accepted=1))
+    await settle()
+    assert [t.paused for _, t in conns] == [False] * 6
