@@ -85,7 +85,16 @@ svc_orphans() {
 svc_spawn() {
     printf '\n==== %s start %s ====\n' "$SVC_NAME" "$(date -Is)" >>"$SVC_LOG"
     setsid "$@" >>"$SVC_LOG" 2>&1 </dev/null &
-    echo $! >"$SVC_PIDFILE"
+    local pid=$! i
+    echo "$pid" >"$SVC_PIDFILE"
+    # Until the forked shell has exec'd the server, its command line lacks the marker and
+    # svc_pid would take it for dead; on a loaded machine that takes a noticeable moment.
+    for ((i = 0; i < 100; i++)); do
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$SVC_MARKER" && return 0
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.05
+    done
+    return 0
 }
 
 svc_fail() {
