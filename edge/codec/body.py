@@ -89,12 +89,24 @@ def _check_ints(name: str, values: Sequence[Any], optional: bool = False,
 
 
 def _check_floats(name: str, values: Sequence[Any], optional: bool = False) -> None:
-    types = set(map(type, values)) - {float, int}
+    types = set(map(type, values))
     if optional:
         types.discard(type(None))
-    if types:
-        raise WrongType(f"{name} must be a number, got {sorted(t.__name__ for t in types)}",
-                        field=name)
+    if types - {float, int}:
+        raise WrongType(f"{name} must be a number, got "
+                        f"{sorted(t.__name__ for t in types - {float, int})}", field=name)
+    if int in types:
+        # an int comes back as a float: only ints a float64 holds exactly are lossless
+        for v in values:
+            if type(v) is int and abs(v) > 2**53 and not _exact_float(v):
+                raise Oversize(f"{name} {v} is not exactly a float64", field=name, value=v)
+
+
+def _exact_float(v: int) -> bool:
+    try:
+        return float(v) == v
+    except OverflowError:
+        return False
 
 
 def _present_lengths(presence: bool | bytes, lengths: list[int]) -> list[int]:
@@ -182,14 +194,19 @@ def encode_body(readings: Sequence[Reading], events: Sequence[Event]) -> list[by
     run_of: dict[tuple[Any, ...], int] = {}
     members: list[list[Reading]] = []
     order: list[int] = []
-    for r in readings:
-        key = (r.device_id, r.measurement, r.unit, r.facility, r.line, r.zone, r.quality)
-        i = run_of.get(key)
-        if i is None:
-            i = run_of[key] = len(members)
-            members.append([])
-        members[i].append(r)
-        order.append(i)
+    try:
+        for r in readings:
+            key = (r.device_id, r.measurement, r.unit, r.facility, r.line, r.zone, r.quality)
+            i = run_of.get(key)
+            if i is None:
+                i = run_of[key] = len(members)
+                members.append([])
+            members[i].append(r)
+            order.append(i)
+    except (AttributeError, TypeError) as e:
+        # not a Reading, or an unhashable value where a string belongs
+        raise WrongType(f"readings must be edge.model.Reading with string fields: {e}",
+                        field="readings") from e
     keys = list(run_of)
     _check_keys(keys)
     lengths = [len(m) for m in members]

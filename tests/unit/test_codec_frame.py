@@ -240,6 +240,8 @@ def test_encoder_refuses_bad_batch_fields(kw: dict[str, object], error: type) ->
     ({"line": 1}, WrongType), ({"device_id": None}, WrongType), ({"unit": None}, WrongType),
     ({"flags": None}, WrongType), ({"sensor_ts_ms": 1.5}, WrongType),
     ({"value": True}, WrongType), ({"seq": False}, WrongType),
+    ({"value": 2**60 + 1}, Oversize), ({"value": 10**400}, Oversize),
+    ({"battery_voltage": -(2**60) - 1}, Oversize), ({"value": -(10**400)}, Oversize),
     ({"device_id": "bad-\ud800"}, WrongType), ({"zone": "\udfff"}, WrongType),
 ])
 def test_encoder_refuses_readings_it_cannot_carry(change: dict[str, object],
@@ -250,6 +252,13 @@ def test_encoder_refuses_readings_it_cannot_carry(change: dict[str, object],
         encode_batch(_batch([SEED, Reading(**fields)]))  # type: ignore[arg-type]
     assert type(e.value) is error
     assert e.value.field == next(iter(change))
+
+
+def test_encoder_refuses_what_is_not_a_reading() -> None:
+    with pytest.raises(WrongType):
+        encode_batch(_batch([SEED, {"device_id": "d"}]))  # type: ignore[list-item]
+    with pytest.raises(WrongType):
+        encode_batch(_batch([Reading(["d"], T0, 1.0)]))  # type: ignore[arg-type]
 
 
 def test_encoder_refuses_bad_events() -> None:
