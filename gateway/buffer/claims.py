@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING, Any
 from edge.model import Priority
 from gateway.buffer import space
 from gateway.buffer.results import CLASS_NAMES, Claim, ClaimedRow
-from gateway.buffer.rows import EVENT_COLS, READING_COLS, decode_event, decode_readings
+from gateway.buffer.rows import (
+    EVENT_COLS,
+    READING_COLS,
+    decode_event,
+    decode_readings,
+    insert_seen,
+)
 from gateway.buffer.store import MAX_ID, ClaimInfo, pack_ranges, unpack_ranges
 
 if TYPE_CHECKING:
@@ -192,19 +198,24 @@ def ack(store: Store, seq: int, now_ms: int) -> int:
         return 0
     counts = _event_counts(store, seq)
     s = store.settings
-    if s.dedup_horizon_s > 0 and s.dedup_max_keys > 0:
-        added = conn.execute("INSERT OR IGNORE INTO seen(dk, t_ms) SELECT dk, ? FROM events"
-                             " WHERE claim_id = ? ORDER BY dk", (now_ms, seq)).rowcount
+    keep = s.dedup_horizon_s > 0 and s.dedup_max_keys > 0
+    # read the keys, delete the rows, then remember the keys: the freed pages take the keys,
+    # so an ack never grows the file
+    dks: list[bytes] = []
+    if keep:
+        dks += [dk for (dk,) in conn.execute("SELECT dk FROM events WHERE claim_id = ?",
+                                             (seq,))]
         for a, b in info.ranges:
-            added += conn.execute(
-                "INSERT OR IGNORE INTO seen(dk, t_ms) SELECT dk, ? FROM readings"
-                " WHERE id BETWEEN ? AND ? ORDER BY dk", (now_ms, a, b)).rowcount
-        store.tx.seen += added
+            dks += [dk for (dk,) in conn.execute(
+                "SELECT dk FROM readings WHERE id BETWEEN ? AND ?", (a, b))]
     conn.execute("DELETE FROM events WHERE claim_id = ?", (seq,))
     n_raw = 0
     for a, b in info.ranges:
         n_raw += conn.execute("DELETE FROM readings WHERE id BETWEEN ? AND ?", (a, b)).rowcount
     conn.execute("DELETE FROM claims WHERE seq = ?", (seq,))
+    if dks:
+        dks.sort()  # in key order: the inserts walk the index instead of jumping around
+        store.tx.seen += insert_seen(conn, dks, now_ms)
     counts[RAW] = n_raw
     tx = store.tx
     del tx.claims[seq]

@@ -161,6 +161,26 @@ def insert_reading_rows(conn: sqlite3.Connection, params: list[Any]) -> int:
     return stored
 
 
+@functools.lru_cache(maxsize=16)
+def _insert_seen_sql(rows: int) -> str:
+    return "INSERT OR IGNORE INTO seen(dk, t_ms) VALUES " + ",".join(["(?, ?)"] * rows)
+
+
+def insert_seen(conn: sqlite3.Connection, dks: list[bytes], t_ms: int) -> int:
+    """Remember de-duplication keys of sent rows; one statement per 512 keys (padding rows
+    have a NULL key, which OR IGNORE drops).  Returns keys added."""
+    added = 0
+    for start in range(0, len(dks), CHUNK):
+        part = dks[start:start + CHUNK]
+        size = 1 << (len(part) - 1).bit_length()
+        args: list[Any] = []
+        for dk in part:
+            args += (dk, t_ms)
+        args += (None, t_ms) * (size - len(part))
+        added += conn.execute(_insert_seen_sql(size), args).rowcount
+    return added
+
+
 def event_row(conn: sqlite3.Connection, series: Series, e: Event, rx_ms: int
               ) -> tuple[Any, ...]:
     skey: SeriesKey = (e.device_id, e.kind, "", None, None, None)

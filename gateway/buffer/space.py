@@ -17,9 +17,10 @@ claimed rows are left, new raw readings are refused (`refused.buffer_full.raw`; 
 does not acknowledge them).  A new dead letter may push out only older dead letters; with
 none left it is not kept (`deadletter_dropped.space`).  Alerts and claimed rows are never
 evicted.  Freed pages go to SQLite's free list and are
-reused by the following inserts, so the file stops growing at the budget.  If the estimate
-was short, `after_insert` evicts the difference and gives the surplus pages back with
-`incremental_vacuum`, so after every commit the file holds at most `db_budget_pages`.
+reused by the following inserts, so the file stops growing at the budget.  Before every
+COMMIT, `enforce` checks the page count; if an estimate was short it evicts the difference
+and gives the surplus pages back with `incremental_vacuum`, so after every commit the file
+holds at most `db_budget_pages`.
 Every eviction is counted by reason and class in the same transaction.
 """
 
@@ -35,6 +36,8 @@ from gateway.buffer.settings import Eviction
 if TYPE_CHECKING:
     from gateway.buffer.store import Store
 
+#: `Store.tx_class` when a transaction inserted only dead letters
+DEADLETTER = -1
 #: approximate bytes of one `seen` key (row + unique index entry)
 SEEN_ROW_BYTES = 70
 
@@ -60,7 +63,7 @@ def pages_for(store: Store, n_rows: int, *, per_row: float | None = None) -> int
     return int(n_rows * per * 1.25 / store.page_size) + 2
 
 
-def make_room(store: Store, need_pages: int, now_ms: int, *,
+def make_room(store: Store, need_pages: int, *,
               priority: Priority = Priority.RAW, deadletter: bool = False) -> bool:
     """Evict until `need_pages` more pages fit the budget.  False when they cannot.
 
@@ -101,18 +104,23 @@ def make_room(store: Store, need_pages: int, now_ms: int, *,
     return pc - free + need_pages <= budget
 
 
-def after_insert(store: Store, now_ms: int, *, priority: Priority = Priority.RAW
-                 ) -> tuple[int, int]:
-    """Restore `page_count <= budget` if the insert outgrew its estimate.  Returns pages().
+def enforce(store: Store) -> tuple[int, int]:
+    """Before COMMIT: hold `page_count <= budget` whatever the transaction did.  Returns
+    pages().
 
-    The estimate is generous (x1.25 + 2 pages), so this is rare; if nothing of a class the
-    insert may push out is left, the file stays over budget by that estimate error until
-    rows leave."""
+    Inserts estimate their pages generously (x1.25 + 2) and claims/acks grow little, so this
+    rarely evicts; when it must, it follows the same rules as `make_room` for the class the
+    transaction inserted, then gives the surplus pages back with an incremental vacuum.  If
+    nothing that class may push out is left, the file stays over by that estimate error
+    until rows leave (counted nowhere else: it is visible as db_bytes in the statistics).
+    """
     budget = store.settings.db_budget_pages
     pc, free = pages(store.conn)
     if pc <= budget:
         return pc, free
-    make_room(store, 0, now_ms, priority=priority)
+    cls = store.tx_class
+    make_room(store, 0, priority=Priority(max(cls, 0)) if cls is not None else Priority.RAW,
+              deadletter=cls == DEADLETTER)
     pc, free = pages(store.conn)
     if pc > budget and free:
         vacuum(store, min(free, pc - budget))

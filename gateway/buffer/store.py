@@ -139,8 +139,12 @@ class Store:
         #: bytes a raw reading occupies on average (table + indexes), learnt from inserts
         self.row_bytes_est = 130.0
         self._learn_pages = 0
+        self._learn_total = 0
+        #: raw rows the open transaction stored, and the pages in use before it inserted
         self._learn_rows = 0
-        self._used_before = 0
+        self._used_before: int | None = None
+        #: the highest class the open transaction inserted (space.DEADLETTER: dead letters)
+        self.tx_class: int | None = None
         #: raw rows from this id on were inserted by the open transaction: never evicted by it
         self.tx_raw_floor: int | None = None
         self.db_pages = 0
@@ -216,9 +220,14 @@ class Store:
         self._tx = self.state.copy()
         self._dirty.clear()
         self.tx_raw_floor = None
+        self.tx_class = None
+        self._used_before = None
+        self._learn_rows = 0
 
     def commit(self) -> None:
         tx = self.tx
+        pc, free = space.enforce(self)
+        self._learn_row_size(pc - free)
         if self._dirty:
             args: list[Any] = []
             for name in sorted(self._dirty):
@@ -331,12 +340,14 @@ class Store:
         pc, free, max_id = space.probe(self.conn)
         need = space.pages_for(self, total)
         if pc - free + need > self.settings.db_budget_pages:
-            if not space.make_room(self, need, now_ms):
+            if not space.make_room(self, need):
                 return self._insert_each(batches, now_ms)
             pc, free, max_id = space.probe(self.conn)
         if self.tx_raw_floor is None:
             self.tx_raw_floor = max_id + 1
-        self._used_before = pc - free
+        if self._used_before is None:
+            self._used_before = pc - free
+        self.tx_class = max(self.tx_class or RAW, RAW)
         try:
             params, dks = reading_params(self.conn, self.series,
                                          [r for b in batches for r in b])
@@ -348,13 +359,10 @@ class Store:
         except RECORD_ERRORS:
             return self._insert_each(batches, now_ms)
         self._account(stored, total - stored)
+        self._learn_rows += stored
         if stored == total:
-            results = [AppendResult(stored=len(b)) for b in batches]
-        else:
-            results = self._attribute(batches, dks, max_id)
-        pc, free = space.after_insert(self, now_ms)
-        self._learn_row_size(pc - free, stored)
-        return results
+            return [AppendResult(stored=len(b)) for b in batches]
+        return self._attribute(batches, dks, max_id)
 
     def _attribute(self, batches: list[list[Reading]], dks: list[bytes], max_id: int
                    ) -> list[AppendResult]:
@@ -374,6 +382,7 @@ class Store:
         return results
 
     def _insert_each(self, batches: list[list[Reading]], now_ms: int) -> list[AppendResult]:
+        self.tx_class = max(self.tx_class or RAW, RAW)
         if self.tx_raw_floor is None:
             self.tx_raw_floor = space.probe(self.conn)[2] + 1
         results = []
@@ -381,7 +390,7 @@ class Store:
             if not b:
                 results.append(AppendResult())
                 continue
-            if not space.make_room(self, space.pages_for(self, len(b)), now_ms):
+            if not space.make_room(self, space.pages_for(self, len(b))):
                 self.bump("refused.buffer_full.raw", len(b))
                 results.append(AppendResult(refused=len(b), refused_reason="buffer_full"))
                 continue
@@ -395,7 +404,6 @@ class Store:
                 results.append(AppendResult(refused=len(b), refused_reason="invalid_record"))
                 continue
             results.append(AppendResult(stored=stored, duplicates=len(b) - stored))
-        space.after_insert(self, now_ms)
         return results
 
     def _account(self, stored: int, dups: int) -> None:
@@ -406,21 +414,26 @@ class Store:
         if stored and self.oldest_rx is None:
             self._oldest_dirty = True
 
-    def _learn_row_size(self, used_after: int, stored: int) -> None:
-        """Pages grown per stored row, over at least 2000 rows (eviction sizes its chunks)."""
+    def _learn_row_size(self, used_after: int) -> None:
+        """Pages grown per raw row stored, over at least 2000 rows (eviction sizes its
+        chunks with it)."""
+        if self._used_before is None or not self._learn_rows:
+            return
         self._learn_pages += used_after - self._used_before
-        self._learn_rows += stored
-        if self._learn_rows >= 2000:
+        self._learn_total += self._learn_rows
+        self._learn_rows = 0
+        if self._learn_total >= 2000:
             if self._learn_pages > 0:
-                sample = self._learn_pages * self.page_size / self._learn_rows
+                sample = self._learn_pages * self.page_size / self._learn_total
                 self.row_bytes_est = 0.7 * self.row_bytes_est + 0.3 * max(40.0, sample)
-            self._learn_pages = self._learn_rows = 0
+            self._learn_pages = self._learn_total = 0
 
     def insert_events(self, events: list[Event], now_ms: int) -> AppendResult:
         """Aggregates and alerts.  Refused as a whole only when nothing can be evicted."""
         if not events:
             return AppendResult()
-        if not space.make_room(self, space.pages_for(self, len(events), per_row=256), now_ms,
+        self.tx_class = max(self.tx_class or RAW, AGG)
+        if not space.make_room(self, space.pages_for(self, len(events), per_row=256),
                                priority=Priority.AGGREGATE):
             for e in events:
                 self.bump(f"refused.buffer_full.{_CLASS[int(e.priority)]}")
@@ -444,7 +457,6 @@ class Store:
             return AppendResult(refused=len(events), refused_reason="invalid_record")
         if stored:
             self._oldest_dirty = True
-        space.after_insert(self, now_ms, priority=Priority.AGGREGATE)
         return AppendResult(stored=stored, duplicates=dups)
 
     # -- dead letters ------------------------------------------------------------------------
@@ -461,8 +473,10 @@ class Store:
             rows.append((now_ms, source, peer, reason, detail, raw))
             self.bump(f"deadletter.{reason}")
         per_row = 64 + sum(len(r[5]) + len(r[4]) for r in rows) / max(1, len(rows))
+        if self.tx_class is None:
+            self.tx_class = space.DEADLETTER
         if not space.make_room(self, space.pages_for(self, len(rows), per_row=per_row),
-                               now_ms, deadletter=True):
+                               deadletter=True):
             # full of data and no older dead letter left to make way: refuse, counted
             for _t, _src, _peer, _reason, _detail, _raw in rows:
                 self.bump("deadletter_dropped.space")
