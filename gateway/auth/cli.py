@@ -45,8 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--file", default=os.environ.get(ENV_FILE, DEFAULT_FILE),
                         help=f"credentials file (default ${ENV_FILE} or {DEFAULT_FILE})")
+    # --file is also accepted after the action (`devices add d1 --file x.json`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--file", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="action", required=True)
-    add = sub.add_parser("add", help="add an account; prints a generated password once")
+    add = sub.add_parser("add", parents=[common],
+                         help="add an account; prints a generated password once")
     add.add_argument("username", help="the device id (for role device) or operator name")
     add.add_argument("--role", choices=ROLES, default="device")
     how = add.add_mutually_exclusive_group()
@@ -55,9 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     how.add_argument("--prompt", action="store_true", help="ask for the password on the tty")
     add.add_argument("--replace", action="store_true",
                      help="replace an existing account (new password and role)")
-    rm = sub.add_parser("remove", help="remove an account")
+    rm = sub.add_parser("remove", parents=[common], help="remove an account")
     rm.add_argument("username")
-    ls = sub.add_parser("list", help="list accounts (never shows hashes)")
+    ls = sub.add_parser("list", parents=[common], help="list accounts (never shows hashes)")
     ls.add_argument("--json", action="store_true", help="one JSON object per account")
     return parser
 

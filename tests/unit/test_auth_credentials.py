@@ -97,7 +97,7 @@ def test_cli_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                             ("ops", "operator")]
     assert all("hash" not in a for a in listed)
 
-    assert fieldlink(["gateway", "devices", "--file", path, "remove", "sensor_1"]) == 0
+    assert fieldlink(["gateway", "devices", "remove", "sensor_1", "--file", path]) == 0
     assert fieldlink(["gateway", "devices", "--file", path, "remove", "sensor_1"]) == 1
     assert set(load_accounts(path)) == {"ops"}
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
