@@ -136,6 +136,7 @@ class MqttConnection(asyncio.Protocol):
         self.state = CLOSED
         broker = self.broker
         broker.conns.discard(self)
+        broker.paused.discard(self)
         if self.auth_task is not None:
             self.auth_task.cancel()
         session, self.session = self.session, None
@@ -519,6 +520,7 @@ class MqttConnection(asyncio.Protocol):
         if account is not None:
             return self._accept(c, account.role, account.username)
         self.state = AUTH
+        self.pause_input()  # what the client sends meanwhile waits in the kernel, not here
         self.auth_task = broker.spawn(self._authenticate(c), "mqtt-auth")
 
     async def _authenticate(self, c: Connect) -> None:
@@ -539,10 +541,12 @@ class MqttConnection(asyncio.Protocol):
         if self.state == CLOSED:
             return
         self._accept(c, account.role, account.username)
-        if self.state == CONNECTED and self.buf:
-            data = bytes(self.buf)
-            self.buf.clear()
-            self._parse(data)
+        if self.state == CONNECTED:
+            self.resume_input()
+            if self.buf:
+                data = bytes(self.buf)
+                self.buf.clear()
+                self._parse(data)
 
     def _refuse(self, code: int, reason: str) -> None:
         broker = self.broker

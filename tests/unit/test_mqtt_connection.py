@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge.testing import FakeClock
+from gateway.auth import Authenticator
+from gateway.auth.credentials import Account, save_accounts
+from gateway.auth.passwords import hash_password
 from gateway.errors import BufferBusy
 from gateway.ingest import Origin, Outcome
 from gateway.mqtt.broker import Broker
@@ -475,3 +479,30 @@ async def test_broker_wide_in_flight_limit_pauses_and_resumes() -> None:
         gate.set_result(Outcome(accepted=1))
     await settle()
     assert [t.paused for _, t in conns] == [False] * 6
+
+
+async def test_publish_pipelined_behind_a_slow_connect_waits_for_auth(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    save_accounts(path, {"d1": Account("d1", "device", hash_password("pw"))})
+    ingest = RecordingIngest()
+    with Authenticator(path) as auth:
+        broker = Broker(MqttSettings(), ingest=ingest, auth=auth, clock=FakeClock())
+        broker.loop = asyncio.get_running_loop()
+        conn, t = open_conn(broker, connect(username="d1", password=b"pw")
+                            + publish("devices/d1/t", b"1", 1, 1))
+        assert t.paused and t.take() == []  # argon2 runs in a worker thread meanwhile
+        for _ in range(500):
+            if ingest.calls:
+                break
+            await asyncio.sleep(0.01)
+        await settle()
+        assert t.take() == [(2, 0, b"\x00\x00"), (4, 0, b"\x00\x01")]
+        assert not t.paused
+        assert ingest.calls[0][1].username == "d1"
+        _, bad = open_conn(broker, connect("c2", username="d1", password=b"nope"))
+        for _ in range(500):
+            if bad.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert bad.take() == [(2, 0, b"\x00\x04")]
+        assert broker.counters.auth_failures == {"bad_password": 1}
