@@ -189,7 +189,8 @@ class AlertService:
         except BaseException:
             await self._close_store()
             raise
-        self._started_mono = self.clock.monotonic()
+        self._started_mono = self._last_snapshot = self.clock.monotonic()
+        self._dirty = bool(loaded.replay)
         if self.mqtt is not None:
             self._ack_sub = self.mqtt.subscribe_internal(
                 f"{self.settings.topic_prefix}ack/#", self._on_mqtt_ack)
