@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from edge.config.sim import KIND_UNITS, DeviceGroup, DeviceKind, SimConfig, SimProtocol, device_ids
 from edge.model import FLAG_TS_MISSING, Reading
 from firmware_sim.faults import FaultDraws
-from firmware_sim.payloads import encode, malformed
+from firmware_sim.payloads import MessageTemplate, encode, malformed
 from firmware_sim.prng import stream_key, uniform
 from firmware_sim.signals import Battery, GpsSignal, ScalarSignal
 
@@ -130,7 +130,7 @@ class DeviceModel:
     __slots__ = ("spec", "faults", "draws", "t0", "period_ms", "seq", "signal", "gps",
                  "battery", "unit", "stale_left", "drift_left", "drift_i", "stuck_left",
                  "stuck_value", "held", "disconnect", "injected", "events", "last_k",
-                 "measurements")
+                 "measurements", "templates")
 
     def __init__(self, spec: DeviceSpec, cfg: SimConfig, start_ms: int):
         self.spec = spec
@@ -153,6 +153,13 @@ class DeviceModel:
         #: the measurement names of one sample, in the order of its values
         self.measurements = (("latitude", "longitude") if spec.kind == DeviceKind.GPS
                              else (spec.kind.value,))
+        proto_battery = 0.0 if self.battery is not None else None
+        self.templates = tuple(
+            MessageTemplate(Reading(device_id=spec.device_id, ts_ms=start_ms, value=0.0,
+                                    measurement=m, unit=self.unit, facility=spec.facility,
+                                    line=spec.line, zone=spec.zone,
+                                    battery_voltage=proto_battery, seq=0), spec.fmt)
+            for m in self.measurements)
         self.stale_left = 0
         self.drift_left = 0
         self.drift_i = 0
@@ -303,6 +310,12 @@ class DeviceModel:
         flags = FLAG_TS_MISSING if ts is None else 0
         device_id = spec.device_id
         out = []
+        if variant is None and ts is not None:
+            # the common case: fill the device's message templates (same bytes as encode())
+            return [Emission(device_id, measurement, seq, t_ms, ts, value,
+                             tmpl.render(ts, value, battery, seq), label)
+                    for measurement, tmpl, value in zip(self.measurements, self.templates,
+                                                        values)]
         for measurement, value in zip(self.measurements, values):
             r = Reading(device_id=device_id, ts_ms=t_ms if ts is None else ts, value=value,
                         measurement=measurement, unit=self.unit, facility=spec.facility,

@@ -234,6 +234,11 @@ class FastMqttLink(asyncio.BufferedProtocol):
         if self._buf:
             self._buf += _RECV_VIEW[:nbytes]
             self._parse(self._buf, len(self._buf))
+        elif nbytes == 4 and _RECV_BUF[0] == 0x40 and _RECV_BUF[1] == 2:
+            # one PUBACK, the read of nearly every reading at 1 Hz: no parse loop
+            e = self._inflight.pop((_RECV_BUF[2] << 8) | _RECV_BUF[3], None)
+            if e is not None:
+                self._events.link_acked(self._owner, e)
         else:
             self._parse(_RECV_BUF, nbytes)
 

@@ -17,6 +17,8 @@ from typing import Any
 _BUCKETS_PER_DECADE = 230  # 10 ** (1/230) ≈ 1.0101: ≈1 % resolution
 _MIN_MS = 0.001
 _DECADES = 10
+_INV_MIN_MS = 1.0 / _MIN_MS
+_LAST = _BUCKETS_PER_DECADE * _DECADES
 
 
 class LatencyHistogram:
@@ -29,8 +31,9 @@ class LatencyHistogram:
         if ms <= _MIN_MS:
             i = 0
         else:
-            i = min(len(self.counts) - 1,
-                    int(math.log10(ms / _MIN_MS) * _BUCKETS_PER_DECADE) + 1)
+            i = int(math.log10(ms * _INV_MIN_MS) * _BUCKETS_PER_DECADE) + 1
+            if i > _LAST:
+                i = _LAST
         self.counts[i] += 1
         self.n += 1
         if ms > self.max_ms:

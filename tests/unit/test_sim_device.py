@@ -261,3 +261,40 @@ def test_generate_matches_duration_and_is_reproducible() -> None:
     b = generate(cfg, T0, 10.0)
     assert {d: [e.payload for e in es] for d, es in a.items()} == \
            {d: [e.payload for e in es] for d, es in b.items()}
+
+
+def test_json_payloads_are_byte_identical_to_encode_json() -> None:
+    from edge.model import Reading
+    from edge.payload.encode import encode_json
+    from firmware_sim.payloads import encode
+
+    for r in (Reading("d", T0, 21.5, unit="celsius", facility="f", line="1", seq=3,
+                      battery_voltage=4.1),
+              Reading("dévice", T0, -0.0, measurement="höhe", zone="ü", flags=FLAG_TS_MISSING),
+              Reading("x", T0, 1e300, quality="bad")):
+        assert encode(r, "json") == encode_json(r)
+
+
+@pytest.mark.parametrize("group", [{}, {"kind": "gps"}, {"battery": None},
+                                   {"payload_format": "msgpack"},
+                                   {"protocol": "serial", "serial_format": "csv"}])
+def test_templated_payloads_equal_encoding_the_full_reading(group: dict[str, Any]) -> None:
+    """The fast path (message templates) gives the bytes of encode(Reading) exactly."""
+    from edge.model import Reading
+    from firmware_sim.payloads import encode
+
+    m = _model({"burst": {"rate": 0.05, "size": 3}}, **group)
+    es = _run(m, 200)
+    assert es
+    for e in es:
+        msg = (json.loads(e.payload) if m.spec.fmt == "json" else
+               msgpack.unpackb(e.payload) if m.spec.fmt == "msgpack" else
+               dict(zip(("device_id", "timestamp", "value", "unit", "battery_voltage", "seq"),
+                        e.payload.decode().split(","))))
+        battery = msg.get("battery_voltage")
+        r = Reading(device_id=e.device_id, ts_ms=e.ts_ms or 0, value=e.value or 0.0,
+                    measurement=e.measurement, unit=m.unit, facility=m.spec.facility,
+                    line=m.spec.line, zone=m.spec.zone,
+                    battery_voltage=float(battery) if battery not in (None, "") else None,
+                    seq=e.seq)
+        assert e.payload == encode(r, m.spec.fmt)
