@@ -5,7 +5,9 @@ Prints `OK: <file>` and a one-line summary (exit 0), or every problem as
 gateway would apply it, so a secret supplied as `FIELDLINK_UPLINK__GATEWAY_SECRET` counts.
 
 `check(path)` is the whole verdict and the place to add checks of files the configuration
-names (e.g. the rules file's content): each check appends lines in the same format.
+names: each check appends lines in the same format.  The rules file (`alerts.rules_file`) is
+loaded with `edge.rules.load_rules`; its problems are reported against that file
+(`rules.yaml: rules[2].condition: unknown aggregate 'p96' ...`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from edge.config.gateway import GatewayConfig, load_gateway_config
 from edge.errors import ConfigError
+from edge.rules import load_rules
 
 DEFAULT_FILE = "config/gateway.yaml"
 
@@ -28,7 +31,21 @@ def check(path: str | Path) -> list[str]:
         cfg = load_gateway_config(path)
     except ConfigError as exc:
         return [f"{exc.file}: {key or '<root>'}: {why}" for key, why in exc.problems]
-    return [f"{path}: {key}: {why}" for key, why in missing_files(cfg)]
+    return [f"{path}: {key}: {why}" for key, why in missing_files(cfg)] + rules_problems(cfg)
+
+
+def rules_problems(cfg: GatewayConfig) -> list[str]:
+    """Problems of the rules file the configuration names (`alerts.rules_file`), as
+    `<rules file>: <key.path>: <reason>` lines — what `edge.rules.load_rules` would refuse at
+    start or on SIGHUP.  An absent file is `missing_files`' business."""
+    rules = cfg.alerts.rules_file
+    if rules is None or not rules.is_file():
+        return []
+    try:
+        load_rules(rules)
+    except ConfigError as exc:
+        return [f"{exc.file}: {key or '<root>'}: {why}" for key, why in exc.problems]
+    return []
 
 
 def missing_files(cfg: GatewayConfig) -> list[tuple[str, str]]:

@@ -118,6 +118,28 @@ alerts: {{rules_file: my-rules.yaml}}
     assert gateway_check.check(write(tmp_path, f"uplink: {{gateway_secret: {SECRET}}}\n")) == []
 
 
+def test_rules_file_content_is_checked(tmp_path: pathlib.Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    rules = tmp_path / "my-rules.yaml"
+    rules.write_text("version: 1\nrules:\n  - id: hot\n    match: {measurement: t}\n"
+                     "    condition: 'p96 > 90'\n  - id: hot\n    match: {measurement: t}\n"
+                     "    condition: 'max > 90'\n")
+    f = write(tmp_path, f"uplink: {{gateway_secret: {SECRET}}}\n"
+                        "alerts: {rules_file: my-rules.yaml}\n")
+    assert gateway_check.main([str(f)]) == 1
+    problems = problem_lines(capsys.readouterr().err, rules)
+    assert problems["rules[0].condition"].startswith("unknown aggregate 'p96'")
+    assert problems["rules[1].id"] == "duplicate id 'hot' (first used by rules[0])"
+    # the default file name is checked too when the file is there
+    (tmp_path / "rules.yaml").write_text("version: 2\n")
+    lines = gateway_check.check(write(tmp_path, f"uplink: {{gateway_secret: {SECRET}}}\n",
+                                      name="default-rules.yaml"))
+    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path / 'rules.yaml'}: version: ")
+    rules.write_text("version: 1\nrules: [{id: hot, match: {measurement: t}, "
+                     "condition: 'max > 90'}]\n")
+    assert gateway_check.main([str(f)]) == 0
+
+
 def test_cloud_problems(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = write(tmp_path, "kafka: {acks: 1}\ningest: {tls: {enabled: true, certfile: c.pem, "
                         "keyfile: k.pem}}\n", name="cloud.yaml")
