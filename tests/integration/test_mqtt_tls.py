@@ -19,7 +19,7 @@ import pytest
 from gateway.auth import Authenticator
 from gateway.auth.credentials import Account, save_accounts
 from gateway.auth.passwords import hash_password
-from gateway.mqtt import MqttServer, MqttSettings, TlsListener, TlsSettings
+from gateway.mqtt import MqttServer, MqttSettings, TlsListener, TlsSettings, WebSocketListener
 from gateway.testing import RecordingIngest
 
 HOST = "127.0.0.1"
@@ -184,3 +184,30 @@ def test_tls_context_requires_client_certs_when_asked(pki: Pki) -> None:
                       client_certs="required").context()
     assert ctx.verify_mode == ssl.CERT_REQUIRED
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+async def test_websocket_over_tls(pki: Pki, creds: Path) -> None:
+    tls = TlsSettings(certfile=pki.server_cert, keyfile=pki.server_key)
+    settings = MqttSettings(host=HOST, port=0,
+                            websocket=WebSocketListener(host=HOST, port=0, tls=tls))
+    ingest = RecordingIngest()
+    with Authenticator(creds) as auth:
+        async with MqttServer(settings, ingest=ingest, auth=auth) as server:
+            assert server.ws_port
+
+            def run() -> bool:
+                client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="wss",
+                                     protocol=mqtt.MQTTv311, transport="websockets")
+                client.ws_set_options(path="/mqtt")
+                client.tls_set(ca_certs=pki.ca)
+                client.username_pw_set("d1", "pw-d1")
+                client.connect(HOST, server.ws_port)  # type: ignore[arg-type]
+                client.loop_start()
+                info = client.publish("devices/d1/t", b"wss", qos=1)
+                info.wait_for_publish(10)
+                client.disconnect()
+                client.loop_stop()
+                return info.is_published()
+
+            assert await asyncio.to_thread(run)
+    assert [c[0] for c in ingest.calls] == [b"wss"]
