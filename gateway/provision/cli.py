@@ -2,6 +2,7 @@
 
     fieldlink provision --image raspios.img.xz --out gw-01.img --gateway-id gw-01 ...
     fieldlink provision bulk --csv gateways.csv --image raspios.img.xz --out cards/
+    fieldlink provision upgrade-bundle --out upgrade/
 
 One command per gateway (or one per CSV of gateways) turns a stock Raspberry Pi OS Lite
 image into a card that boots, joins the network, installs fieldlink offline and starts the
@@ -16,6 +17,7 @@ written completely.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,8 +109,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--extra", default="gateway", help="fieldlink extra to install "
                    "(default: gateway; '' for the core only)")
     k.add_argument("--platform", action="append", dest="platforms", metavar="TAG",
-                   help="wheel platform tag, repeatable (default: manylinux2014_aarch64 "
-                        "and manylinux_2_17_aarch64)")
+                   help="wheel platform tag, repeatable (default: manylinux2014_aarch64, "
+                        "manylinux_2_17_aarch64 and manylinux_2_28_aarch64)")
     k.add_argument("--python-version", default="3.11",
                    help="the Pi's Python (default: 3.11, Raspberry Pi OS Bookworm)")
     k.add_argument("--wheel-cache", type=Path,
@@ -129,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="fieldlink provision",
         description="Provision a Raspberry Pi OS image (or a mounted boot partition) as a "
                     "fieldlink gateway.  For many gateways: `fieldlink provision bulk "
-                    "--help`.",
+                    "--help`; installer and wheels for upgrading running gateways: "
+                    "`fieldlink provision upgrade-bundle --help`.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     t = parser.add_argument_group("target (one of)")
     t.add_argument("--image", type=Path, help="Raspberry Pi OS image, .img or .img.xz")
@@ -198,6 +201,8 @@ def main(argv: Sequence[str]) -> int:
         from gateway.provision.bulk import main as bulk_main
 
         return bulk_main(args_list[1:])
+    if args_list and args_list[0] == "upgrade-bundle":
+        return _upgrade_bundle(args_list[1:])
     args = _parser().parse_args(args_list)
     try:
         return _single(args)
@@ -251,6 +256,38 @@ def _single(args: argparse.Namespace) -> int:
         result = session.provision_image(params, target.out, source=target.source)
     sensors_out = args.sensors_out or target.beside / f"{params.gateway_id}.sensors.csv"
     session.report(result, params, sensors_out)
+    return 0
+
+
+def _upgrade_bundle(argv: list[str]) -> int:
+    """The installer and wheels without any gateway's config: what an upgrade needs."""
+    parser = argparse.ArgumentParser(
+        prog="fieldlink provision upgrade-bundle",
+        description="Write OUT/fieldlink/ with install.sh, the unit, the journald drop-in and "
+                    "the wheels, to upgrade running gateways: copy it to a Pi and run "
+                    "`sudo bash fieldlink/install.sh` there (docs/operations.md).")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (new)")
+    add_run_options(parser)
+    args = parser.parse_args(argv)
+    try:
+        from gateway.provision import run
+        from gateway.provision.provisioner import DEPLOY_FILES
+
+        if args.out.exists():
+            raise ProvisionError(f"--out {args.out} exists: remove it or choose another name")
+        session = run.Session.from_args(args, beside=Path.cwd())
+        session.load_wheels()
+        target = args.out / "fieldlink"
+        (target / "wheels").mkdir(parents=True)
+        for name in DEPLOY_FILES:
+            shutil.copyfile(session.assets.deploy_dir / name, target / name)
+        for wheel in session.assets.wheels:
+            shutil.copyfile(wheel, target / "wheels" / wheel.name)
+    except ProvisionError as exc:
+        _refuse(exc)
+        return 2
+    print(f"{target}: installer and {len(session.assets.wheels)} wheels; on the Pi run "
+          f"`sudo bash {target.name}/install.sh`")
     return 0
 
 

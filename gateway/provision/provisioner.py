@@ -44,10 +44,10 @@ from gateway.provision.gatewayconf import SECRET_ENV, render_gateway_yaml
 from gateway.provision.params import GatewayParams
 from gateway.provision.sensors import credentials_file_bytes
 
-__all__ = ["Assets", "Result", "boot_mount_point", "provision_boot", "stage"]
+__all__ = ["DEPLOY_FILES", "Assets", "Result", "boot_mount_point", "provision_boot", "stage"]
 
 FL = firstboot.FIELDLINK_DIR
-_DEPLOY_FILES = ("install.sh", "fieldlink-gateway.service", "journald-fieldlink.conf")
+DEPLOY_FILES = ("install.sh", "fieldlink-gateway.service", "journald-fieldlink.conf")
 #: Raspberry Pi OS moved the boot partition to /boot/firmware with Bookworm (2023-10-10)
 _BOOKWORM = (2023, 10, 10)
 
@@ -64,7 +64,7 @@ class Assets:
     def check(self) -> None:
         problems = [f"{self.deploy_dir / name} is missing (give --deploy-dir, the "
                     "deploy/rpi directory of a fieldlink checkout)"
-                    for name in _DEPLOY_FILES if not (self.deploy_dir / name).is_file()]
+                    for name in DEPLOY_FILES if not (self.deploy_dir / name).is_file()]
         problems += [f"{what} {path} does not exist" for what, path in
                      (("--gateway-template", self.gateway_template),
                       ("--rules", self.rules_file)) if not path.is_file()]
@@ -123,7 +123,7 @@ def stage(staging: Path, params: GatewayParams, assets: Assets, *, mechanism: st
     else:
         raise ProvisionError(f"unknown first-boot mechanism {mechanism!r}")
     fl = staging / FL
-    for name in _DEPLOY_FILES:
+    for name in DEPLOY_FILES:
         _write(fl / name, (assets.deploy_dir / name).read_bytes())
     template = assets.gateway_template.read_text()
     _write(fl / "etc" / "gateway.yaml", render_gateway_yaml(

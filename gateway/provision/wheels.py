@@ -7,7 +7,8 @@
    builds it once;
 2. every dependency of ``fieldlink[EXTRA]`` (the `gateway` extra by default) for the Pi's
    platform, with ``pip download --only-binary=:all: --platform ... --python-version ...``
-   (Raspberry Pi OS Bookworm: CPython 3.11 on aarch64, manylinux wheels), plus pip itself so
+   (Raspberry Pi OS Bookworm: CPython 3.11 on aarch64, manylinux wheels up to
+   manylinux_2_28 — Bookworm's glibc is 2.36), plus pip itself so
    the installer can bootstrap a venv on a Python without `ensurepip`.
 
 Downloads are cached in `~/.cache/fieldlink/wheels/cp311-<platform>-<hash>/`, one directory
@@ -34,7 +35,9 @@ from gateway.errors import ProvisionError
 __all__ = ["DEFAULT_PLATFORMS", "DEFAULT_PYTHON", "WheelOptions", "collect_wheels",
            "default_cache", "requirements", "source_root"]
 
-DEFAULT_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_17_aarch64")
+#: Bookworm has glibc 2.36: manylinux_2_28 wheels run too (and newer releases ship only those)
+DEFAULT_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_17_aarch64",
+                     "manylinux_2_28_aarch64")
 #: Raspberry Pi OS Bookworm's python3
 DEFAULT_PYTHON = "3.11"
 

@@ -119,9 +119,9 @@ def mdir(image: Path) -> set[str]:
 
 
 def provision(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge.cli", "provision", "--quiet",
-                           *map(str, args)], capture_output=True, text=True, cwd=REPO,
-                          timeout=240)
+    """`fieldlink provision ARGS --quiet` (a subcommand name must come first in ARGS)."""
+    return subprocess.run([sys.executable, "-m", "edge.cli", "provision", *map(str, args),
+                           "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=240)
 
 
 @pytest.fixture
@@ -339,3 +339,22 @@ def test_bulk_images_and_bundles(tools: dict[str, str], tmp_path: Path, key: Pat
     assert (out / "gw-e" / "fieldlink" / "etc" / "fieldlink.env").is_file()
     assert len(json.loads((out / "cloud-gateways.yaml").read_text())) == 5
     assert len((out / "provisioned.jsonl").read_text().splitlines()) == 5
+
+
+def test_upgrade_bundle_and_help(tmp_path: Path, wheels: Path) -> None:
+    proc = provision("upgrade-bundle", "--out", tmp_path / "up", "--wheels-dir", wheels)
+    assert proc.returncode == 0, proc.stderr
+    bundle = tmp_path / "up" / "fieldlink"
+    assert (bundle / "install.sh").read_bytes() == (REPO / "deploy/rpi/install.sh").read_bytes()
+    assert sorted(p.name for p in (bundle / "wheels").iterdir()) == sorted(
+        p.name for p in wheels.iterdir())
+    assert not list(tmp_path.glob("**/cloud-gateways.yaml"))
+    again = provision("upgrade-bundle", "--out", tmp_path / "up", "--wheels-dir", wheels)
+    assert again.returncode == 2 and "exists" in again.stderr
+
+    help_text = subprocess.run([sys.executable, "-m", "edge.cli", "provision", "--help"],
+                               capture_output=True, text=True).stdout
+    assert "examples:" in help_text and "fieldlink provision bulk --csv" in help_text
+    bulk_help = subprocess.run([sys.executable, "-m", "edge.cli", "provision", "bulk", "--help"],
+                               capture_output=True, text=True).stdout
+    assert "gateway_id" in bulk_help and "--bundle" in bulk_help
