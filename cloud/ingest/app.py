@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -42,6 +43,7 @@ async def run(cfg: CloudConfig, *, stop: asyncio.Event | None = None) -> int:
     try:
         settings = IngestSettings.from_config(cfg)
         async with open_bus(cfg) as bus, IngestService(settings, bus) as service:
+            _tune_gc()
             log.info("ingest listening", extra={"fields": {
                 "url": service.url, "bus": bus.kind, "gateways": len(settings.secrets)}})
             await stop.wait()
@@ -50,6 +52,15 @@ async def run(cfg: CloudConfig, *, stop: asyncio.Event | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     return 0
+
+
+def _tune_gc() -> None:
+    """Every batch allocates (and frees) a Reading per reading; with the default gen-0
+    threshold of 700 the collector would run several times per batch and re-examine the
+    heap each time.  The start-up heap is frozen out of collections, and gen 0 collects every
+    50,000 allocations (reference cycles are rare here: refcounting frees the readings)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -13,7 +13,7 @@ any gateway keeps a batch) are pruned.
 gateway that crashed after sending re-batches its unacknowledged rows under new sequence
 numbers) and readings repeated inside one batch.  Identity is the one of
 `edge.model.Reading.idempotency_key` (device, measurement and seq — or sensor time and value
-when there is no seq), kept as a 64-bit hash: ~60 bytes per key.  Horizon: the last
+when there is no seq), kept as a 64-bit hash: ~70 bytes per key.  Horizon: the last
 `capacity / 2` to `capacity` readings of each gateway (two generations of capacity/2; default
 capacity 200,000, a few minutes of a busy gateway).  Keys are remembered only once their batch
 was produced, so a batch that failed (503) is not mistaken for a duplicate when retried.  The
@@ -32,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -211,16 +212,24 @@ class RecentKeys:
         if capacity < 2:
             raise ValueError("capacity must be at least 2")
         self.capacity = capacity
-        self._generations: dict[str, tuple[set[int], set[int]]] = {}
+        # dicts of int keys rather than sets: a dict holding only ints is not tracked by the
+        # garbage collector, so millions of remembered keys cost the collector nothing
+        self._generations: dict[str, tuple[dict[int, None], dict[int, None]]] = {}
 
     def split(self, gateway_id: str,
               readings: Sequence[Reading]) -> tuple[list[Reading], list[int], int]:
         """(readings not seen before, their identities, number dropped as duplicates)."""
-        ids = [hash((r.device_id, r.measurement, r.seq)) if r.seq is not None
-               else reading_identity(r) for r in readings]
+        seqs = [r.seq for r in readings]
+        if None in seqs:
+            ids = [hash((r.device_id, r.measurement, r.seq)) if r.seq is not None
+                   else reading_identity(r) for r in readings]
+        else:
+            # every reading has a seq (the usual case): tuples built and hashed in C
+            ids = list(map(hash, zip([r.device_id for r in readings],
+                                     [r.measurement for r in readings], seqs)))
         distinct = set(ids)
         gens = self._generations.get(gateway_id)
-        known = (distinct & gens[0]) | (distinct & gens[1]) if gens else set()
+        known = (gens[0].keys() & distinct) | (gens[1].keys() & distinct) if gens else set()
         if not known and len(distinct) == len(ids):
             return list(readings), ids, 0
         fresh: list[Reading] = []
@@ -236,12 +245,12 @@ class RecentKeys:
     def remember(self, gateway_id: str, ids: Sequence[int]) -> None:
         gens = self._generations.get(gateway_id)
         if gens is None:
-            gens = self._generations[gateway_id] = (set(), set())
+            gens = self._generations[gateway_id] = ({}, {})
         current, _ = gens
-        current.update(ids)
+        current.update(zip(ids, repeat(None)))
         if len(current) >= self.capacity // 2:
             # the older generation is forgotten: memory stays within `capacity` keys
-            self._generations[gateway_id] = (set(), current)
+            self._generations[gateway_id] = ({}, current)
 
     def size(self, gateway_id: str) -> int:
         gens = self._generations.get(gateway_id)

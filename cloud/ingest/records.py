@@ -123,6 +123,20 @@ def _with_headers(header: Header, parts: list[tuple[bytes, bytes, int]]) -> list
             for i, (key, value, count) in enumerate(parts, 1)]
 
 
+def _group_readings(readings: list[Reading], key_mode: str) -> dict[bytes, list[Reading]]:
+    """Readings by partition key, each group in batch order."""
+    if not readings:
+        return {}
+    # the common case, a batch of one line (or one device), costs one set pass, no calls
+    if key_mode == "facility_line":
+        tags = {(r.facility, r.line) for r in readings}
+        if len(tags) == 1 and tags != {(None, None)}:
+            return {_facility_line(readings[0]): list(readings)}
+    elif len({r.device_id for r in readings}) == 1:
+        return {_device(readings[0]): list(readings)}
+    return _group(readings, key_function(key_mode))
+
+
 def plan_records(header: Header, frame: bytes, readings: list[Reading], events: list[Event],
                  *, key_mode: str = "facility_line", compression: str = "none",
                  max_record_bytes: int = 512 * 1024, unchanged: bool = False) -> RecordPlan:
@@ -132,8 +146,7 @@ def plan_records(header: Header, frame: bytes, readings: list[Reading], events: 
     refused), so a frame of readings of a single key may be forwarded as it is.
     """
     plan = RecordPlan()
-    keyf = key_function(key_mode)
-    groups = _group(readings, keyf)
+    groups = _group_readings(readings, key_mode)
     if (unchanged and not events and len(groups) == 1 and len(frame) <= max_record_bytes):
         (key,) = groups
         plan.readings = _with_headers(header, [(key, frame, len(readings))])
