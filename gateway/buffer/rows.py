@@ -119,13 +119,14 @@ def reading_params(conn: sqlite3.Connection, series: Series, readings: list[Read
         else:
             t = r.ts_ms
         v = r.value
-        if v != v or v is None or r.ts_ms is None or r.received_ms is None:
-            raise ValueError(f"reading of {r.device_id!r} has no value or time")
+        b = r.battery_voltage
+        if v != v or v is None or b != b or r.ts_ms is None or r.received_ms is None:
+            # NaN would come back as NULL: refused, never silently changed
+            raise ValueError(f"reading of {r.device_id!r} has no value or time, or a NaN")
         q = r.quality
         dk = (t & _MASK48).to_bytes(6, "big") + r.idempotency_key()
         add_dk(dk)
-        extend((dk, r.received_ms, sid, r.ts_ms, v, qcodes.get(q, q), r.battery_voltage, r.seq,
-                sts, r.flags))
+        extend((dk, r.received_ms, sid, r.ts_ms, v, qcodes.get(q, q), b, r.seq, sts, r.flags))
     return params, dks
 
 
