@@ -10,6 +10,7 @@ gateway extra instead of the core only (what a Pi installs; more to download).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -19,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway.provision.wheels import build_fieldlink_wheel, default_cache, requirements
+from gateway.errors import ProvisionError
+from gateway.provision.wheels import (
+    DEFAULT_PLATFORMS,
+    WheelOptions,
+    build_fieldlink_wheel,
+    collect_wheels,
+    default_cache,
+    requirements,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 RPI = REPO / "deploy" / "rpi"
@@ -55,8 +64,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
         partial.rename(deps)
     out = tmp_path_factory.mktemp("wheels")
     for wheel in deps.glob("*.whl"):
-        os.link(wheel, out / wheel.name) if wheel.stat().st_dev == out.stat().st_dev \
-            else shutil.copy(wheel, out)
+        shutil.copy(wheel, out / wheel.name)
     own = build_fieldlink_wheel(REPO, cache, quiet=True)
     shutil.copy(own, out / own.name)
     return out
@@ -201,3 +209,29 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert proc.returncode == 0 and complaints == [], proc.stdout + proc.stderr
     journald = (RPI / "journald-fieldlink.conf").read_text()
     assert "[Journal]" in journald and "SystemMaxUse=" in journald
+
+
+def test_the_pi_wheel_set_installs_offline(tmp_path: Path) -> None:
+    """What `fieldlink provision` puts on a card resolves `fieldlink[gateway]` for the Pi
+    (CPython 3.11, aarch64) with no index: the first boot needs no network."""
+    try:
+        found = collect_wheels(WheelOptions(show_progress=False))
+    except ProvisionError as exc:
+        unavailable(f"the Pi's wheels could not be collected: {exc}")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for wheel in found:
+        shutil.copy(wheel, wheels / wheel.name)
+    platforms = [arg for plat in DEFAULT_PLATFORMS for arg in ("--platform", plat)]
+    report = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--dry-run",
+                           "--disable-pip-version-check", "--no-index", "--find-links",
+                           str(wheels), *platforms, "--python-version", "3.11",
+                           "--implementation", "cp", "--only-binary=:all:",
+                           "--target", str(tmp_path / "target"), "--report", str(report),
+                           "fieldlink[gateway]"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    names = {item["metadata"]["name"].lower().replace("_", "-")
+             for item in json.loads(report.read_text())["install"]}
+    assert {"fieldlink", "amqtt", "aiocoap", "numpy", "argon2-cffi", "pydantic"} <= names
+    assert any(w.name.startswith("pip-") for w in found)  # for venvs without ensurepip
