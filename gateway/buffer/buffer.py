@@ -29,7 +29,7 @@ from typing import Any
 
 from edge.clock import Clock, SystemClock
 from edge.model import Event, Priority, Reading
-from gateway.buffer import claims
+from gateway.buffer import claims, deadletters
 from gateway.buffer.results import AppendResult, BufferStats, Claim, DeadLetter
 from gateway.buffer.settings import BufferSettings
 from gateway.buffer.store import Store
@@ -136,7 +136,7 @@ class Buffer:
         item = (bytes(raw), source, peer, reason, detail)
 
         def run(st: Store, now: int) -> None:
-            st.add_dead_letters([item], now)
+            deadletters.add(st, [item], now)
         if durable:
             await self._call(run)
         else:
@@ -184,7 +184,7 @@ class Buffer:
     async def dead_letters(self, *, reason: str | None = None, ids: list[int] | None = None,
                            limit: int | None = None) -> list[DeadLetter]:
         result: list[DeadLetter] = await self._call(
-            lambda st, now: st.dead_letters(reason=reason, ids=ids, limit=limit))
+            lambda st, now: deadletters.select(st, reason=reason, ids=ids, limit=limit))
         return result
 
     async def replay_dead_letters(self, handler: Callable[[DeadLetter], Awaitable[bool]], *,
@@ -196,7 +196,7 @@ class Buffer:
         accepted = [dl.id for dl in await self.dead_letters(reason=reason, ids=ids, limit=limit)
                     if await handler(dl)]
         if delete and accepted:
-            await self._call(lambda st, now: st.delete_dead_letters(accepted, "replayed"))
+            await self._call(lambda st, now: deadletters.delete(st, accepted, "replayed"))
         return len(accepted)
 
     async def purge(self, classes: Sequence[Priority], *, older_than_s: float | None = None

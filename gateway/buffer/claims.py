@@ -40,7 +40,7 @@ from gateway.buffer.rows import (
     decode_readings,
     insert_seen,
 )
-from gateway.buffer.store import MAX_ID, ClaimInfo, pack_ranges, unpack_ranges
+from gateway.buffer.state import MAX_ID, ClaimInfo, pack_ranges, unpack_ranges
 
 if TYPE_CHECKING:
     from gateway.buffer.store import Store

@@ -29,6 +29,7 @@ import yaml
 from edge.clock import Clock, SystemClock
 from edge.errors import FieldlinkError
 from edge.model import Event, Priority, Reading
+from gateway.buffer import deadletters
 from gateway.buffer.results import CLASS_BY_NAME, CLASS_NAMES, BufferStats, DeadLetter
 from gateway.buffer.settings import BufferSettings
 from gateway.buffer.store import Store
@@ -237,7 +238,7 @@ def export_dead_letters(store: Store, handler: Callable[[DeadLetter], None], *,
                         before_delete: Callable[[], None] | None = None) -> int:
     """Hand each selected dead letter to `handler`; then, with `delete`, remove those that
     were handled (after `before_delete`, e.g. an fsync of the output).  Returns how many."""
-    letters = store.dead_letters(reason=reason, ids=ids, limit=limit)
+    letters = deadletters.select(store, reason=reason, ids=ids, limit=limit)
     done = []
     for dl in letters:
         handler(dl)
@@ -246,7 +247,7 @@ def export_dead_letters(store: Store, handler: Callable[[DeadLetter], None], *,
         if before_delete is not None:
             before_delete()
         with store.transaction():
-            store.delete_dead_letters(done, "exported")
+            deadletters.delete(store, done, "exported")
     return len(done)
 
 

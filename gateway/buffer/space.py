@@ -180,7 +180,9 @@ def _evict_seen(store: Store, n: int) -> int:
 
 def _evict_deadletters(store: Store, n: int) -> int:
     # dead letters vary in size: free them a few at a time
-    return store.drop_dead_letters(min(n, 64), "space")
+    from gateway.buffer import deadletters  # here, not at the top: it imports this module
+
+    return deadletters.drop_oldest(store, min(n, 64), "space")
 
 
 def _evict_raw(store: Store, n: int, protect_from_id: int | None) -> int:

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 from edge.clock import Clock
 from edge.model import Event, Priority, Reading
 from gateway.buffer import space
-from gateway.buffer.results import CLASS_NAMES, AppendResult, BufferStats, DeadLetter
+from gateway.buffer.results import AppendResult, BufferStats
 from gateway.buffer.rows import (
     CHUNK,
     EVENT_COLS,
@@ -39,90 +37,16 @@ from gateway.buffer.rows import (
 )
 from gateway.buffer.schema import SCHEMA_VERSION, connect
 from gateway.buffer.settings import BufferSettings, Synchronous
-
-RAW, AGG, ALERT = int(Priority.RAW), int(Priority.AGGREGATE), int(Priority.ALERT)
-#: a claim's raw readings, as packed (first id, last id) pairs
-_RANGE = struct.Struct("<qq")
-
-
-def pack_ranges(ranges: tuple[tuple[int, int], ...]) -> bytes:
-    return b"".join(_RANGE.pack(a, b) for a, b in ranges)
-
-
-def unpack_ranges(blob: bytes) -> tuple[tuple[int, int], ...]:
-    return tuple(_RANGE.iter_unpack(bytes(blob)))
-
-
-_CLASS = {int(p): name for p, name in CLASS_NAMES.items()}
-
-#: what an aggregate or alert row takes on disk, roughly (for the per-class estimate)
-EVENT_BYTES_EST = 200
-#: above any row id SQLite hands out
-MAX_ID = 2**63 - 1
-
-
-class ClaimInfo(NamedTuple):
-    #: inclusive id ranges of the claimed raw readings, ascending
-    ranges: tuple[tuple[int, int], ...]
-    n_raw: int
-    n_events: int
-
-
-@dataclass
-class State:
-    """In-memory mirror of what the file holds; the committed copy is never mutated."""
-
-    rows: dict[int, int] = field(default_factory=lambda: {RAW: 0, AGG: 0, ALERT: 0})
-    claims: dict[int, ClaimInfo] = field(default_factory=dict)
-    seen: int = 0
-    deadletters: int = 0
-    next_seq: int = 0
-    counters: dict[str, int] = field(default_factory=dict)
-
-    def copy(self) -> State:
-        return replace(self, rows=dict(self.rows), claims=dict(self.claims),
-                       counters=dict(self.counters))
-
-    @property
-    def claimed(self) -> int:
-        return sum(c.n_raw + c.n_events for c in self.claims.values())
-
-    @property
-    def claimed_raw(self) -> int:
-        return sum(c.n_raw for c in self.claims.values())
-
-    def claimed_ranges(self) -> list[tuple[int, int, int]]:
-        """(first id, last id, seq) of every claimed raw range, ascending."""
-        return sorted((a, b, seq) for seq, c in self.claims.items() for a, b in c.ranges)
-
-    def raw_gaps(self) -> list[tuple[int, int]]:
-        """Inclusive id ranges holding only unclaimed raw readings, ascending."""
-        gaps = []
-        lo = 0
-        for a, b, _seq in self.claimed_ranges():
-            if a > lo:
-                gaps.append((lo, a - 1))
-            lo = max(lo, b + 1)
-        gaps.append((lo, MAX_ID))
-        return gaps
-
-    def raw_claim_of(self, row_id: int) -> int | None:
-        for a, b, seq in self.claimed_ranges():
-            if a <= row_id <= b:
-                return seq
-        return None
-
-
-@dataclass
-class Timings:
-    commits: int = 0
-    sync_commits: int = 0
-    checkpoints: int = 0
-    commit_ms_last: float = 0.0
-    commit_ms_total: float = 0.0
-    commit_ms_max: float = 0.0
-    group_last: int = 0
-    group_total: int = 0
+from gateway.buffer.state import (
+    AGG,
+    CLASS,
+    EVENT_BYTES_EST,
+    RAW,
+    ClaimInfo,
+    State,
+    Timings,
+    unpack_ranges,
+)
 
 
 class Store:
@@ -154,6 +78,7 @@ class Store:
         self._oldest_dirty = True
         self.timings = Timings()
         self._data_version = -1
+        self.series_after_gc = 0
         self.load()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -436,14 +361,14 @@ class Store:
         if not space.make_room(self, space.pages_for(self, len(events), per_row=256),
                                priority=Priority.AGGREGATE):
             for e in events:
-                self.bump(f"refused.buffer_full.{_CLASS[int(e.priority)]}")
+                self.bump(f"refused.buffer_full.{CLASS[int(e.priority)]}")
             return AppendResult(refused=len(events), refused_reason="buffer_full")
         stored = dups = 0
         try:
             with self.savepoint():
                 for e in events:
                     row = event_row(self.conn, self.series, e, now_ms)
-                    cls = _CLASS[row[1]]
+                    cls = CLASS[row[1]]
                     if self.conn.execute(INSERT_EVENT, row).rowcount:
                         stored += 1
                         self.tx.rows[row[1]] += 1
@@ -453,78 +378,22 @@ class Store:
                         self.bump(f"duplicates.{cls}")
         except RECORD_ERRORS:
             for e in events:
-                self.bump(f"refused.invalid_record.{_CLASS[int(e.priority)]}")
+                self.bump(f"refused.invalid_record.{CLASS[int(e.priority)]}")
             return AppendResult(refused=len(events), refused_reason="invalid_record")
         if stored:
             self._oldest_dirty = True
         return AppendResult(stored=stored, duplicates=dups)
 
-    # -- dead letters ------------------------------------------------------------------------
-    def add_dead_letters(self, items: list[tuple[bytes, str, str, str, str]], now_ms: int
-                         ) -> None:
-        """(raw, source, peer, reason, detail) tuples.  Over the row cap, the oldest go."""
-        cap = self.settings.deadletter_max_raw
-        rows = []
-        for raw, source, peer, reason, detail in items:
-            raw = bytes(raw)
-            if len(raw) > cap:
-                detail = f"{detail} (raw truncated from {len(raw)} bytes)".strip()
-                raw = raw[:cap]
-            rows.append((now_ms, source, peer, reason, detail, raw))
-            self.bump(f"deadletter.{reason}")
-        per_row = 64 + sum(len(r[5]) + len(r[4]) for r in rows) / max(1, len(rows))
-        if self.tx_class is None:
-            self.tx_class = space.DEADLETTER
-        if not space.make_room(self, space.pages_for(self, len(rows), per_row=per_row),
-                               deadletter=True):
-            # full of data and no older dead letter left to make way: refuse, counted
-            for _t, _src, _peer, _reason, _detail, _raw in rows:
-                self.bump("deadletter_dropped.space")
-            return
-        self.conn.executemany("INSERT INTO deadletter(t_ms, source, peer, reason, detail, raw)"
-                              " VALUES (?, ?, ?, ?, ?, ?)", rows)
-        self.tx.deadletters += len(rows)
-        over = self.tx.deadletters - self.settings.deadletter_max_rows
-        if over > 0:
-            self.drop_dead_letters(over, "cap")
-
-    def drop_dead_letters(self, n: int, reason: str) -> int:
-        gone = self.conn.execute("DELETE FROM deadletter WHERE id IN (SELECT id FROM deadletter"
-                                 " ORDER BY id LIMIT ?)", (n,)).rowcount
-        self.tx.deadletters -= gone
-        self.bump(f"deadletter_dropped.{reason}", gone)
-        return gone
-
-    def dead_letters(self, *, reason: str | None = None, ids: list[int] | None = None,
-                     limit: int | None = None) -> list[DeadLetter]:
-        sql = "SELECT id, t_ms, source, peer, reason, detail, raw FROM deadletter"
-        where, args = [], []  # type: tuple[list[str], list[Any]]
-        if reason is not None:
-            where.append("reason = ?")
-            args.append(reason)
-        if ids:
-            where.append(f"id IN ({','.join('?' * len(ids))})")
-            args += list(ids)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        return [DeadLetter(id=i, t_ms=t, source=src, peer=peer, reason=why, detail=detail,
-                           raw=bytes(raw))
-                for i, t, src, peer, why, detail, raw in self.conn.execute(sql, args)]
-
-    def delete_dead_letters(self, ids: list[int], reason: str = "exported") -> int:
-        gone = 0
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            gone += self.conn.execute(
-                f"DELETE FROM deadletter WHERE id IN ({','.join('?' * len(chunk))})",
-                chunk).rowcount
-        self.tx.deadletters -= gone
-        self.bump(f"deadletter_dropped.{reason}", gone)
-        return gone
+    def gc_series(self) -> int:
+        """Forget interned strings no row refers to any more (device ids come and go).
+        Scans the tables: run at open and, when their number doubled, by an idle writer."""
+        gone = self.conn.execute(
+            "DELETE FROM series WHERE id NOT IN (SELECT series FROM readings"
+            " UNION SELECT series FROM events)").rowcount
+        if gone:
+            self.series.load(self.conn)
+        self.series_after_gc = len(self.series.keys)
+        return int(gone)
 
     def record_settings(self) -> None:
         """Note the writer's `max_bytes` in the file, for the operator CLI's `stats`."""
@@ -566,7 +435,7 @@ class Store:
                     f" NULL AND prio = ?{age} ORDER BY id LIMIT ?)",
                     (int(p), *args, left)).rowcount
             self.tx.rows[int(p)] -= gone
-            self.bump(f"dropped.purged.{_CLASS[int(p)]}", gone)
+            self.bump(f"dropped.purged.{CLASS[int(p)]}", gone)
             gone_total += gone
         if gone_total:
             self.rows_removed()
@@ -609,13 +478,13 @@ class Store:
             elif head in flat:
                 flat[head][rest] = value
         for key in ("appended", "duplicates", "acked"):
-            flat[key] = {**{c: 0 for c in _CLASS.values()}, **flat[key]}
+            flat[key] = {**{c: 0 for c in CLASS.values()}, **flat[key]}
         return BufferStats(
-            rows={_CLASS[p]: n for p, n in st.rows.items()},
+            rows={CLASS[p]: n for p, n in st.rows.items()},
             claimed_rows=st.claimed, claims_in_flight=len(st.claims),
             db_bytes=self.db_pages * self.page_size, wal_bytes=self.wal_bytes,
             used_bytes=(self.db_pages - self.free_pages) * self.page_size,
-            est_bytes_by_class={_CLASS[p]: int(n * (self.row_bytes_est if p == RAW else
+            est_bytes_by_class={CLASS[p]: int(n * (self.row_bytes_est if p == RAW else
                                                      EVENT_BYTES_EST))
                                 for p, n in st.rows.items()},
             max_bytes=self.settings.max_bytes,

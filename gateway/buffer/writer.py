@@ -185,6 +185,7 @@ class Writer:
             n = 0
             with self.store.transaction():
                 self.store.record_settings()
+                self.store.gc_series()
                 if self.settings.claim_lease_s is not None:
                     n = claims.release_expired(self.store, self.settings.claim_lease_s,
                                                self.clock.now_ms())
@@ -266,6 +267,8 @@ class Writer:
             with store.transaction():
                 space.prune_seen(store, now)
                 space.reclaim(store)
+                if len(store.series.keys) > 2 * store.series_after_gc + 1000:
+                    store.gc_series()
         except sqlite3.Error as exc:
             log.warning("buffer: maintenance failed: %s", exc)
 

@@ -381,3 +381,18 @@ async def test_claim_is_fsynced_even_with_synchronous_normal(settings, clock) ->
         store = buf.writer.store
         assert store is not None
         assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # back to NORMAL
+
+
+async def test_interned_strings_of_gone_devices_are_forgotten(settings, clock) -> None:
+    async with Buffer(settings, clock=clock) as buf:
+        await buf.append([reading(i, device=f"old_{i}") for i in range(20)])
+        claim = await buf.claim(100)
+        assert claim is not None
+        await buf.ack(claim)
+        await buf.append([reading(100, device="kept")])
+    async with Buffer(settings, clock=clock) as buf:
+        store = buf.writer.store
+        assert store is not None
+        assert {k[0] for k in store.series.ids} == {"kept"}
+        claim = await buf.claim(10)
+        assert claim is not None and claim.readings[0].device_id == "kept"

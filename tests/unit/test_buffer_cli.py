@@ -12,7 +12,7 @@ import pytest
 from edge.cli import main as fieldlink
 from edge.model import Event, Reading
 from edge.testing import FakeClock
-from gateway.buffer import Buffer, BufferSettings, Store, claims
+from gateway.buffer import Buffer, BufferSettings, Store, claims, deadletters
 from gateway.buffer.cli import main, parse_duration
 
 T0 = 1_705_322_445_000
@@ -35,9 +35,9 @@ def db(tmp_path: Path) -> str:
             store.insert_readings([[reading(100 + i) for i in range(5)]], T0)
             store.insert_events([Event(kind="alert", key=b"k" * 16, ts_ms=T0,
                                        device_id="sensor_1", body={"rule": "hot"})], T0)
-            store.add_dead_letters([(b"\xffbad", "mqtt", "10.0.0.7:41000", "malformed_payload",
-                                     "not JSON"),
-                                    (b"who?", "coap", "10.0.0.8", "unknown_device", "")], T0)
+            deadletters.add(store, [
+                (b"\xffbad", "mqtt", "10.0.0.7:41000", "malformed_payload", "not JSON"),
+                (b"who?", "coap", "10.0.0.8", "unknown_device", "")], T0)
             store.record_settings()
         with store.transaction(fsync=True):
             # the uplink holds the alert and the two oldest readings in flight
