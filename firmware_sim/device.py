@@ -67,6 +67,8 @@ class DeviceSpec:
     period_ms: float
     phase_ms: int
     fmt: str
+    #: the MQTT user name (target.username expanded for this device)
+    username: str | None = None
 
     @property
     def confirmed(self) -> bool:
@@ -92,7 +94,9 @@ def expand_fleet(cfg: SimConfig) -> list[DeviceSpec]:
                 facility=group.facility, line=line, zone=group.zone, protocol=protocol,
                 port=port, qos=group.qos, topic=topic_t.format(**names),
                 coap_path=cfg.target.coap_path_template.format(**names),
-                period_ms=period_ms, phase_ms=phase, fmt=fmt))
+                period_ms=period_ms, phase_ms=phase, fmt=fmt,
+                username=(cfg.target.username.format(**names)
+                          if cfg.target.username is not None else None)))
     return specs
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from edge.clock import Clock, SystemClock
 from edge.config.sim import SimConfig, SimProtocol
+from edge.errors import ConfigError
 from firmware_sim.device import DeviceModel, expand_fleet
 from firmware_sim.faults import storm_at, storm_hits
 from firmware_sim.ledger import LedgerWriter
@@ -50,6 +51,20 @@ _GRANULARITY_S = 0.005
 _MAX_SLEEP_S = 0.1
 #: ticks processed before yielding to the loop when behind schedule (acks must get through)
 _MAX_BATCH = 2000
+
+
+def load_passwords(path: str) -> dict[str, str]:
+    """device id → password from a YAML/JSON mapping.  Raises ConfigError."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(path, [("", f"cannot read credentials: {exc}")]) from None
+    if not isinstance(data, dict) or not all(isinstance(v, (str, int)) for v in data.values()):
+        raise ConfigError(path, [("", "expected a mapping of device id to password")])
+    return {str(k): str(v) for k, v in data.items()}
 
 
 class Fleet(Sessions):
@@ -84,6 +99,8 @@ class Fleet(Sessions):
                 from firmware_sim.mqtt_fast import MqttOptions
 
                 t = cfg.target
+                if t.credentials_file:
+                    self._passwords = load_passwords(t.credentials_file)
                 self._mqtt_opts = {
                     clean: MqttOptions(
                         host=t.host, port=0, keepalive_s=t.keepalive_s, clean_session=clean,

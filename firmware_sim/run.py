@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -48,8 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="HOST:PORT", help="gateway / broker address")
     p.add_argument("--qos", type=int, choices=(0, 1), help="QoS of every device (CoAP: "
                    "1 = confirmable, 0 = non-confirmable)")
-    p.add_argument("--username")
+    p.add_argument("--username", help="MQTT user name; {device_id} is expanded per device "
+                   "(a fieldlink gateway names device accounts by device id)")
     p.add_argument("--password", help="prefer FIELDLINK_TARGET__PASSWORD in the environment")
+    p.add_argument("--credentials-file", metavar="PATH",
+                   help="YAML/JSON mapping of device id to password")
     p.add_argument("--mqtt-client", choices=("fast", "paho"))
     p.add_argument("--connect-rate", type=float, help="connections per second; 0 = all at once")
     p.add_argument("--fault", action="append", default=[], metavar="KIND=RATE",
@@ -64,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_loop(coro: Any, loop: str = "auto") -> Any:
-    """Run `coro` on uvloop when asked for or available (it halves the per-message cost of
-    the loop itself), else on asyncio's default loop."""
+    """Run `coro` on uvloop when asked for or available (its transports and polling are C,
+    which cuts the loop's share of each message), else on asyncio's default loop."""
     if loop != "asyncio":
         try:
             import uvloop
@@ -117,7 +121,8 @@ def apply_overrides(cfg: SimConfig, args: argparse.Namespace) -> SimConfig:
         target["host"] = host.strip("[]")
         target["port"] = int(port)
     for key, value in (("username", args.username), ("password", args.password),
-                       ("mqtt_client", args.mqtt_client)):
+                       ("mqtt_client", args.mqtt_client),
+                       ("credentials_file", args.credentials_file)):
         if value is not None:
             target[key] = value
     if args.password is None and cfg.target.password is not None:
@@ -178,7 +183,10 @@ async def _progress(stats: RunStats, quiet: bool) -> None:
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=None, unit=" readings", file=sys.stderr, dynamic_ncols=True)
+    # a terminal that reports no width (some ptys) would get an empty bar
+    size = shutil.get_terminal_size((100, 20))
+    bar = tqdm(total=None, unit=" readings", file=sys.stderr, ncols=size.columns or 100,
+               nrows=size.lines or 20)
     last = (0, 0, 0)
     loop = asyncio.get_running_loop()
     t_last = loop.time()

@@ -82,6 +82,8 @@ class Sessions:
         self._max_inflight = cfg.target.max_inflight
         self._logged: set[str] = set()
         self._now_ms = clock.now_ms
+        #: device id → password, from target.credentials_file
+        self._passwords: dict[str, str] = {}
         self._latency_add = self.stats.latency.add
 
     # ------------------------------------------------------------------ tasks
@@ -246,7 +248,9 @@ class Sessions:
     def _make_link(self, rt: DeviceRuntime) -> Link:
         spec = rt.spec
         if spec.protocol == SimProtocol.MQTT:
-            opts = replace(self._mqtt_opts[spec.group.clean_session], port=spec.port)
+            password = self._passwords.get(spec.device_id, self.cfg.target.password)
+            opts = replace(self._mqtt_opts[spec.group.clean_session], port=spec.port,
+                           username=spec.username, password=password)
             if self.cfg.target.mqtt_client == "paho":
                 from firmware_sim.mqtt_paho import PahoLink
 

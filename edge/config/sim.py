@@ -212,8 +212,14 @@ class TargetConfig(StrictModel):
     #: "fast": the built-in asyncio MQTT 3.1.1 publisher (scales to 10k+ devices);
     #: "paho": paho-mqtt clients driven from the same asyncio loop
     mqtt_client: Literal["fast", "paho"] = "fast"
+    #: MQTT user name; placeholders ({device_id}, {line}, …) are expanded per device — a
+    #: fieldlink gateway's device accounts are named by the device id: "{device_id}"
     username: str | None = None
+    #: the password of every device (see credentials_file for one per device)
     password: str | None = SecretField(None)
+    #: YAML/JSON mapping device id → password (e.g. the passwords `fieldlink gateway devices
+    #: add` printed); devices not in it use `password`
+    credentials_file: str | None = None
     tls: TlsConfig = TlsConfig()
     keepalive_s: int = Field(default=60, ge=5, le=65535)
     topic_template: str = "factory/line{line}/{kind}/{device_id}"
@@ -226,6 +232,11 @@ class TargetConfig(StrictModel):
     @classmethod
     def _templates(cls, v: str) -> str:
         return _check_template(v, _TOPIC_FIELDS)
+
+    @pydantic.field_validator("username")
+    @classmethod
+    def _username(cls, v: str | None) -> str | None:
+        return None if v is None else _check_template(v, _TOPIC_FIELDS)
 
     def port_for(self, protocol: SimProtocol) -> int:
         if self.port is not None and protocol == self.protocol:

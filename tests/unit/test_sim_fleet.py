@@ -10,12 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
+import ssl
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from typing import Any
 
+import pytest
+
 from edge.config import parse_config
 from edge.config.sim import SimConfig
+from edge.errors import ConfigError
 from firmware_sim.device import generate
 from firmware_sim.fleet import Fleet
 from firmware_sim.ledger import Ledger
@@ -29,18 +36,20 @@ class FakeBroker:
     publishes."""
 
     def __init__(self, *, rc: int = 0, withhold: set[str] | None = None,
-                 drop_after: int | None = None):
+                 drop_after: int | None = None, ssl: Any = None):
         self.rc = rc
+        self.ssl = ssl
         self.withhold = withhold or set()
         self.drop_after = drop_after
         self.received: dict[str, list[tuple[str, bytes, bool]]] = defaultdict(list)
         self.connects: Counter[str] = Counter()
         self.credentials: set[tuple[str | None, str | None]] = set()
+        self.client_credentials: dict[str, tuple[str | None, str | None]] = {}
         self.server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> int:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0, ssl=self.ssl)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def __aexit__(self, *exc: object) -> None:
@@ -80,6 +89,7 @@ class FakeBroker:
                         n = int.from_bytes(body[pos:pos + 2], "big")
                         pw = body[pos + 2:pos + 2 + n].decode()
                     self.credentials.add((user, pw))
+                    self.client_credentials[client] = (user, pw)
                     self.connects[client] += 1
                     writer.write(bytes((0x20, 2, 0, self.rc)))
                     if self.rc:
@@ -224,6 +234,26 @@ async def test_refused_credentials_fail_every_reading_as_not_authorized() -> Non
     assert sum(broker.connects.values()) == 2  # not retried
 
 
+async def test_device_accounts_username_per_device_and_credentials_file(tmp_path) -> None:
+    creds = tmp_path / "passwords.json"
+    creds.write_text(json.dumps({"sensor_0000_line1": "pw0", "sensor_0001_line2": "pw1"}))
+    broker = FakeBroker()
+    async with broker as port:
+        cfg = _cfg(port, devices=3, target={"port": port, "username": "{device_id}",
+                                            "password": "shared",
+                                            "credentials_file": str(creds)})
+        async with Fleet(cfg) as fleet:
+            await fleet.run(0.5)
+    assert broker.client_credentials == {
+        "sensor_0000_line1": ("sensor_0000_line1", "pw0"),
+        "sensor_0001_line2": ("sensor_0001_line2", "pw1"),
+        "sensor_0002_line1": ("sensor_0002_line1", "shared")}
+    creds.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="mapping of device id"):
+        async with Fleet(cfg):
+            pass
+
+
 async def test_unreachable_target_counts_connect_errors_and_unsent_readings() -> None:
     async with FakeBroker() as port:
         pass  # closed again: nothing listens there now
@@ -356,3 +386,55 @@ def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (openssl CLI)."""
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+@pytest.mark.parametrize("client", ["fast", "paho"])
+async def test_tls_verifies_the_broker(certificate: tuple[str, str], client: str) -> None:
+    cert, key = certificate
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    broker = FakeBroker(ssl=server_ctx)
+    async with broker as port:
+        cfg = _cfg(port, devices=3, target={"port": port, "mqtt_client": client,
+                                            "tls": {"enabled": True, "ca_file": cert}})
+        async with Fleet(cfg) as fleet:
+            s = await fleet.run(1.0)
+        assert s["acknowledged"] == s["generated"] == 15
+        # without the CA the broker's certificate is refused: counted, retried, never sent
+        cfg = _cfg(port, devices=1, connect_wait_s=2, drain_timeout_s=0.2,
+                   target={"port": port, "mqtt_client": client, "tls": {"enabled": True}})
+        async with Fleet(cfg) as fleet:
+            s = await fleet.run(0.5)
+        assert s["sent"] == 0 and s["connect_failures"]
+    assert sum(broker.connects.values()) == 3
+
+
+async def test_sigterm_stops_the_cli_cleanly(tmp_path) -> None:
+    broker = FakeBroker()
+    async with broker as port:
+        ledger = tmp_path / "l.sqlite"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge.cli", "sim", "run", "--devices", "5", "--rate", "5",
+            "--duration", "0", "--target", f"127.0.0.1:{port}", "--connect-rate", "0",
+            "--ledger", str(ledger), "--json", "--quiet",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        await asyncio.sleep(3.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    s = json.loads(out.decode().strip().splitlines()[-1])
+    assert s["sent"] > 0 and s["acknowledged"] == s["generated"] == s["sent"]
+    assert sum(len(v) for v in broker.received.values()) == s["sent"]
+    with Ledger.open(ledger) as led:
+        assert len(led) == s["generated"]
