@@ -117,6 +117,7 @@ class Store:
         st.next_seq = c.execute("SELECT value FROM meta WHERE name = 'next_seq'").fetchone()[0]
         st.counters = dict(c.execute("SELECT name, value FROM counters"))
         self.state = st
+        self._data_version = c.execute("PRAGMA data_version").fetchone()[0]
         self._oldest_dirty = True
         self.refresh_sizes()
 
@@ -135,13 +136,19 @@ class Store:
         """BEGIN IMMEDIATE.  `fsync` forces synchronous=FULL for this commit (claims)."""
         if self._tx is not None:
             raise RuntimeError("buffer store: transaction already open")
-        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._data_version:
-            self.load()  # another process (the operator CLI) committed since our last look
         if fsync and self.settings.synchronous != Synchronous.FULL:
             self.conn.execute("PRAGMA synchronous=FULL")
             self._fsync_switched = True
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            # Holding the write lock, nobody else can commit until we are done; data_version
+            # moves only with other connections' commits (the operator CLI's), so checking it
+            # here catches every one of them, and our own commits never look like theirs.
+            if self.conn.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
+                self.load()
+        except BaseException:
+            self.rollback()
+            raise
         self._tx = self.state.copy()
         self._dirty.clear()
         self.tx_raw_floor = None
@@ -229,11 +236,7 @@ class Store:
             self.refresh_sizes()
 
     def refresh_sizes(self) -> None:
-        # data_version changes only with other connections' commits: remembering it after
-        # our own lets `begin` notice the operator CLI's
-        self.db_pages, self.free_pages, self._data_version = self.conn.execute(
-            "SELECT (SELECT * FROM pragma_page_count()), (SELECT * FROM pragma_freelist_count()),"
-            " (SELECT * FROM pragma_data_version())").fetchone()
+        self.db_pages, self.free_pages = space.pages(self.conn)
         try:
             self.wal_bytes = os.stat(self.settings.path + "-wal").st_size
         except FileNotFoundError:
