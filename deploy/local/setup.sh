@@ -145,7 +145,15 @@ if [[ -f $STAMP && $(cat "$STAMP") == "$want_stamp" ]] &&
 else
     rm -f "$STAMP"
     export PIP_DISABLE_PIP_VERSION_CHECK=1
-    pip_install() { (cd "$ROOT" && "$VENV/bin/python" -m pip install -q -e '.[dev]'); }
+    PIP_LOG="$VENV/.fieldlink-pip.log"
+    # setuptools' build chatter goes to a log; a failure shows its tail.
+    pip_install() {
+        if ! (cd "$ROOT" && "$VENV/bin/python" -m pip install -q -e '.[dev]') >"$PIP_LOG" 2>&1; then
+            tail -n 30 "$PIP_LOG" | sed 's/^/    | /' >&2
+            info "pip failed; full log: $PIP_LOG"
+            return 1
+        fi
+    }
     if ! pip_install; then
         # Every dependency ships wheels for CPython 3.11+ on amd64/arm64; a compiler is only
         # needed on an unusual platform, so it is installed only when a build actually failed.
