@@ -92,10 +92,16 @@ def execute_group(store: Store, ops: list[Op], now_ms: int, *,
                     op.error = exc
         store.commit()
     except Exception as exc:
-        store.rollback()
-        err = classify(exc, "commit") if isinstance(exc, sqlite3.Error) else exc
-        if not isinstance(exc, sqlite3.Error):
+        try:
+            store.rollback()
+        except sqlite3.Error as again:  # the connection is in trouble; the ops still fail
+            log.warning("buffer: rollback failed: %s", again)
+        if isinstance(exc, sqlite3.Error):
+            err: Exception = classify(exc, "commit")
+        else:  # a bug: logged with its traceback; callers see a retriable refusal
             log.exception("buffer: group transaction failed")
+            err = BufferBusy(f"buffer: group transaction failed: {exc!r}")
+        err.__cause__ = exc
         for failed in ops:
             failed.result = None
             failed.error = err
@@ -237,7 +243,13 @@ class Writer:
                         break
                 self._full.clear()
             ops = self._take(s.commit_max_readings)
-            ok = execute_group(store, ops, self.clock.now_ms(), extra=self._flush_overload)
+            try:
+                ok = execute_group(store, ops, self.clock.now_ms(), extra=self._flush_overload)
+            except BaseException as exc:  # a bug: these callers must not hang either
+                for op in ops:
+                    op.error = BufferBusy(f"buffer writer failed: {exc!r}")
+                self._resolve(ops)
+                raise
             self._resolve(ops)
             if ok:
                 self._overload_flushed = self._overload_seen

@@ -396,3 +396,16 @@ async def test_interned_strings_of_gone_devices_are_forgotten(settings, clock) -
         assert {k[0] for k in store.series.ids} == {"kept"}
         claim = await buf.claim(10)
         assert claim is not None and claim.readings[0].device_id == "kept"
+
+
+async def test_a_failing_group_is_retriable_and_the_writer_carries_on(settings, clock,
+                                                                     monkeypatch) -> None:
+    async with Buffer(settings, clock=clock) as buf:
+        def broken(self, batches, now_ms):  # type: ignore[no-untyped-def]
+            raise RuntimeError("bug")
+        with monkeypatch.context() as m:
+            m.setattr(Store, "insert_readings", broken)
+            with pytest.raises(BufferBusy, match="bug"):
+                await buf.append([reading(1)])
+        assert (await buf.append([reading(1)])).stored == 1
+        assert buf.stats().rows["raw"] == 1
