@@ -20,7 +20,9 @@ The publishers (a compact asyncio MQTT client written here, independent of the s
 open N connections, then each publishes one ~100-byte reading per 1/rate s at QoS 1.  After a
 warm-up, a measurement window of `--duration` s records, per variant:
 
-us_per_reading  server process CPU time in the window / readings published in the window
+us_per_reading  server process CPU time in the window / readings the server took in during
+                the window (`served_per_s` of them per second; fewer than sent when the
+                server falls behind)
 acked_share     PUBACKs received (window + 3 s drain) / readings published in the window
 p50_ms, p99_ms  PUBLISH → PUBACK latency seen by the client
 cpu_cores       server CPU seconds / wall seconds in the window
@@ -110,6 +112,18 @@ class GroupCommitStub:
             self._db.commit()
 
 
+def _report_counts(count: Any) -> asyncio.Task[None]:
+    """Print `COUNT n` (readings handed to ingest so far) four times a second, so the
+    orchestrator can divide server CPU by the readings the server actually processed."""
+
+    async def loop() -> None:
+        while True:
+            print(f"COUNT {count()}", flush=True)
+            await asyncio.sleep(0.25)
+
+    return asyncio.get_running_loop().create_task(loop(), name="bench-count")
+
+
 async def _serve_lean(port: int, commit_s: float, sqlite_path: str | None) -> None:
     from gateway.mqtt import MqttServer, MqttSettings
 
@@ -120,7 +134,9 @@ async def _serve_lean(port: int, commit_s: float, sqlite_path: str | None) -> No
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, server.stop)
         print("READY", flush=True)
+        counter = _report_counts(lambda: stub.count)
         await server.serve_forever()
+        counter.cancel()
     print(json.dumps({"ingested": stub.count}), flush=True)
 
 
@@ -136,7 +152,9 @@ async def _serve_gateway(port: int, db_path: str) -> None:
         async with MqttServer(settings, ingest=pipeline) as server:
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, server.stop)
             print("READY", flush=True)
+            counter = _report_counts(lambda: pipeline.stats.payloads["mqtt"])
             await server.serve_forever()
+            counter.cancel()
         print(json.dumps({"ingested": dict(pipeline.stats.readings),
                           "rejected": dict(pipeline.stats.rejected)}), flush=True)
 
@@ -159,7 +177,9 @@ async def _serve_amqtt(port: int, commit_s: float) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("READY", flush=True)
+    counter = _report_counts(lambda: _STUB.count if _STUB else 0)
     await stop.wait()
+    counter.cancel()
     await broker.shutdown()
     print(json.dumps({"ingested": _STUB.count}), flush=True)
 
@@ -170,6 +190,8 @@ _STUB: GroupCommitStub | None = None
 class _FloorProtocol(asyncio.Protocol):
     """Not a broker: CONNACK/PUBACK by byte position, for the machine's asyncio floor."""
 
+    count = 0
+
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
@@ -177,6 +199,7 @@ class _FloorProtocol(asyncio.Protocol):
         if data[0] >> 4 == 1:
             self.transport.write(b"\x20\x02\x00\x00")
         elif data[0] >> 4 == 3:
+            _FloorProtocol.count += 1
             tlen = (data[2] << 8) | data[3]
             self.transport.write(b"\x40\x02" + data[4 + tlen:6 + tlen])
 
@@ -187,7 +210,9 @@ async def _serve_floor(port: int) -> None:
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     print("READY", flush=True)
+    counter = _report_counts(lambda: _FloorProtocol.count)
     await stop.wait()
+    counter.cancel()
     server.close()
     print(json.dumps({"ingested": None}), flush=True)
 
@@ -402,6 +427,18 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         if server.stdout.readline().strip() != "READY":
             raise RuntimeError(f"{variant}: server did not start")
         proc = psutil.Process(server.pid)
+        served = [0]
+        tail: list[str] = []
+
+        def follow() -> None:
+            assert server.stdout is not None
+            for out_line in server.stdout:
+                if out_line.startswith("COUNT "):
+                    served[0] = int(out_line.split()[1])
+                else:
+                    tail.append(out_line.strip())
+
+        threading.Thread(target=follow, daemon=True).start()
         load = subprocess.Popen(
             [sys.executable, me, "--role", "load", "--port", str(port),
              "--connections", str(args.connections), "--rate", str(args.rate),
@@ -410,6 +447,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         assert load.stdout is not None
         rss_peak = 0.0
         cpu_start = wall_start = cpu_end = wall_end = None
+        served_start = served_end = 0
         sampling = threading.Event()
 
         def sample() -> None:
@@ -426,10 +464,12 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             elif line == "MEASURE_START":
                 t = proc.cpu_times()
                 cpu_start, wall_start = t.user + t.system, time.perf_counter()
+                served_start = served[0]
                 sampler.start()
             elif line == "MEASURE_END":
                 t = proc.cpu_times()
                 cpu_end, wall_end = t.user + t.system, time.perf_counter()
+                served_end = served[0]
                 rss_peak = max(rss_peak, proc.memory_info().rss / 2**20)
                 sampling.set()
             elif line.startswith("{"):
@@ -439,15 +479,19 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"{variant}: the load generator did not complete")
         cpu = cpu_end - cpu_start
         wall = wall_end - wall_start
-        sent = result.get("sent", 0)
+        processed = served_end - served_start
         result.update({
             "loadavg_1m": round(os.getloadavg()[0], 2),
-            "us_per_reading": round(cpu / sent * 1e6, 1) if sent else None,
+            # per reading the server actually took in during the window (if it falls behind,
+            # fewer than were sent)
+            "served_per_s": round(processed / wall),
+            "us_per_reading": round(cpu / processed * 1e6, 1) if processed else None,
             "cpu_cores": round(cpu / wall, 3),
             "rss_mb": round(rss_peak, 1),
         })
         server.send_signal(signal.SIGTERM)
-        tail = server.stdout.read().strip().splitlines()
+        server.wait(30)
+        time.sleep(0.2)  # let the follower thread read the last line
         if tail and tail[-1].startswith("{"):
             result["server"] = json.loads(tail[-1])  # what the server side counted
         return result
