@@ -239,16 +239,42 @@ class Gateway:
         log.info("gateway stopped")
 
 
+async def _watchdog(gw: Gateway, notifier: Any, interval: float) -> None:
+    """Ping systemd's watchdog while the event loop runs and the buffer is healthy: a wedged
+    loop or a broken buffer stops the pings and systemd restarts the gateway."""
+    while True:
+        await asyncio.sleep(interval)
+        ok, detail = gw._buffer_health()
+        if ok:
+            notifier.watchdog()
+        else:
+            notifier.status(f"unhealthy: buffer {detail}")
+
+
 async def run(cfg: GatewayConfig, *, ready: Callable[[Gateway], Any] | None = None) -> int:
+    from gateway.sdnotify import SdNotifier, watchdog_interval
+
     loop = asyncio.get_running_loop()
-    async with Gateway(cfg) as gw:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, gw.stop)
-        with contextlib.suppress(NotImplementedError, AttributeError):
-            loop.add_signal_handler(signal.SIGHUP, gw.reload)
-        if ready is not None:
-            ready(gw)
-        await gw.wait()
+    with SdNotifier() as notifier:
+        async with Gateway(cfg) as gw:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, gw.stop)
+            with contextlib.suppress(NotImplementedError, AttributeError):
+                def reload() -> None:
+                    notifier.reloading()
+                    gw.reload()
+                    notifier.ready("reloaded")
+                loop.add_signal_handler(signal.SIGHUP, reload)
+            interval = watchdog_interval()
+            pinger = (loop.create_task(_watchdog(gw, notifier, interval), name="sd-watchdog")
+                      if interval else None)
+            notifier.ready(f"gateway {cfg.gateway.id} running")
+            if ready is not None:
+                ready(gw)
+            await gw.wait()
+            notifier.stopping("stopping")
+            if pinger is not None:
+                pinger.cancel()
     return 0
 
 

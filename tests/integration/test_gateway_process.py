@@ -179,3 +179,34 @@ def test_bad_config_names_file_key_and_reason(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert str(bad) in proc.stderr and "buffer.max_bytes" in proc.stderr
+
+
+def test_systemd_ready_watchdog_and_stopping(gateway_files: dict, tmp_path: Path) -> None:
+    """Under systemd (Type=notify, WatchdogSec) the gateway says READY once listening, pings
+    the watchdog while healthy, and says STOPPING on SIGTERM."""
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="400000")
+    proc = subprocess.Popen([*FIELDLINK, "gateway", "run", "--config",
+                             str(gateway_files["config"])], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and seen.count("WATCHDOG=1") < 2:
+            seen += sock.recv(4096).decode().splitlines()
+        assert "READY=1" in seen
+        assert seen.index("READY=1") < seen.index("WATCHDOG=1")
+        # the listener is bound by the time READY was sent
+        with socket.create_connection(("127.0.0.1", gateway_files["ports"]["mqtt"]), 2):
+            pass
+        proc.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in seen:
+            seen += sock.recv(4096).decode().splitlines()
+        assert proc.wait(20) == 0
+    finally:
+        sock.close()
+        if proc.poll() is None:
+            proc.kill()
