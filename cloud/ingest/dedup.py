@@ -15,9 +15,9 @@ numbers) and readings repeated inside one batch.  Identity is the one of
 `edge.model.Reading.idempotency_key` (device, measurement and seq — or sensor time and value
 when there is no seq), kept as a 64-bit hash: ~70 bytes per key.  Horizon: the last
 `capacity / 2` to `capacity` readings of each gateway (two generations of capacity/2; default
-capacity 200,000, a few minutes of a busy gateway).  Keys are remembered only once their batch
-was produced, so a batch that failed (503) is not mistaken for a duplicate when retried.  The
-state is lost on restart: the sinks' key de-duplication is the guarantee, this only saves bus
+capacity 100,000: a minute or more of a busy gateway, many batches beyond any retry).  Keys
+are remembered only once their batch was produced, so a batch that failed (503) is not
+mistaken for a duplicate when retried.  The state is lost on restart: the sinks' key de-duplication is the guarantee, this only saves bus
 and sink work.  A 64-bit hash collision would drop a reading; at 10^5 keys per gateway the
 chance is ~10^-14 per reading.
 """
@@ -208,7 +208,7 @@ def reading_identity(r: Reading) -> int:
 class RecentKeys:
     """Recently produced reading identities per gateway; see the module docstring."""
 
-    def __init__(self, capacity: int = 200_000) -> None:
+    def __init__(self, capacity: int = 100_000) -> None:
         if capacity < 2:
             raise ValueError("capacity must be at least 2")
         self.capacity = capacity

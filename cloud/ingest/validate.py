@@ -49,12 +49,14 @@ def check_readings(readings: Sequence[Reading]
     if not readings:
         return [], [], []
     ts = [r.ts_ms for r in readings]
-    bad_devices = {d for d in {r.device_id for r in readings} if not is_valid_device_id(d)}
+    tags = {(r.device_id, r.quality) for r in readings}
+    bad_devices = {d for d in {d for d, _ in tags} if not is_valid_device_id(d)}
     batteries = [r.battery_voltage for r in readings if r.battery_voltage is not None]
+    # a sum is finite only if every term is (NaN and inf propagate); a finite sum that
+    # overflowed merely takes the per-reading path below, which decides exactly
     if (MIN_TS_MS <= min(ts) and max(ts) <= MAX_TS_MS
-            and all(map(_isfinite, [r.value for r in readings]))
-            and all(map(_isfinite, batteries)) and not bad_devices
-            and {r.quality for r in readings} <= _QUALITIES):
+            and _isfinite(sum([r.value for r in readings])) and _isfinite(sum(batteries))
+            and not bad_devices and {q for _, q in tags} <= _QUALITIES):
         return list(readings), [], []
     accepted: list[Reading] = []
     refused: list[Reading] = []
