@@ -44,7 +44,11 @@ java_major() {
 }
 
 want=(python3 python3-venv git curl ca-certificates xz-utils
-    mosquitto mosquitto-clients mtools dosfstools fdisk)
+    mosquitto mosquitto-clients mtools dosfstools fdisk
+    # provisioning tests: cloud-init's schema check, shell lint of firstrun.sh, unit checks
+    cloud-init shellcheck systemd
+    # dashboard and click-snippet tests drive a real headless browser
+    chromium)
 # Tools that may come from elsewhere (a JDK tarball, /usr/local/go, a PGDG build): installed
 # from Debian only when no usable one is found.
 jv=$(java_major)
