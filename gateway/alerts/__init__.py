@@ -6,7 +6,8 @@
 * `AlertStore` (`store`): its SQLite file (snapshot, outbox, delivery status).
 * `apply_transitions` (`journal`): committed transitions replayed onto a snapshot (restart).
 * channels (`channels`), the per-channel delivery task (`delivery`), the wire formats
-  (`formats`: MQTT state, PagerDuty Events v2, generic webhook), HTTP routes (`http`).
+  (`formats`: MQTT state, PagerDuty Events v2, generic webhook), the aggregates' way to
+  the buffer (`aggregates`), the outbox (`outbox`), MQTT acks and HTTP routes (`operators`).
 
 docs/alerts.md ("Delivery") describes topics, bodies, retries and the restart guarantee.
 """

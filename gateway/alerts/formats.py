@@ -10,10 +10,14 @@ produced).  Outputs:
 * `pagerduty_event(record, routing_key, gateway_id)` — a PagerDuty Events API v2 event.
 * `generic_event(record, gateway_id)` — the JSON body of a generic webhook.
 * `log_fields(record)` — the fields of the structured log line.
+* `parse_ack(...)` — an operator's MQTT acknowledgement: topic ``<prefix>ack/<dedup_key>``,
+  payload empty or JSON ``{"by": "name"}``.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 from edge.rules import iso_ms
@@ -104,3 +108,27 @@ def log_fields(record: dict[str, Any]) -> dict[str, Any]:
             "severity": record["severity"], "state": record["state"],
             "alert_message": record.get("message", ""), "acked_by": record.get("acked_by"),
             "reason": record.get("reason"), "at": _iso(record.get("at_ms"))}
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    dedup_key: str
+    by: str
+    #: False when the payload was neither empty nor a JSON object (acknowledged anyway)
+    payload_ok: bool = True
+
+
+def parse_ack(topic: str, payload: bytes, prefix: str, username: str | None = None) -> Ack:
+    """`by` is the payload's ``"by"`` (at most 128 characters), else the MQTT username when
+    the broker passes it, else ``"mqtt-operator"``."""
+    by = username or "mqtt-operator"
+    ok = True
+    if payload:
+        try:
+            body = json.loads(payload)
+            ok = isinstance(body, dict)
+        except (ValueError, UnicodeDecodeError):
+            body, ok = None, False
+        if isinstance(body, dict) and isinstance(body.get("by"), str) and body["by"]:
+            by = body["by"][:128]
+    return Ack(topic[len(f"{prefix}ack/"):], by, ok)

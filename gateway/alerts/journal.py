@@ -24,16 +24,24 @@ the snapshot without producing a transition closes again from the snapshot's par
 data (its aggregate event has the same idempotency key, so the buffer keeps the first).
 
 `apply_transitions` works on the JSON-safe dict of `AlertEngine.snapshot()` (format version
-1) and returns a new dict for `AlertEngine.restore`.
+1) and returns a new dict for `AlertEngine.restore`; `restore_engine` is the whole start-up
+step, including the case of a state that cannot be used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import logging
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
+from edge.rules import AlertEngine, RuleSet
 from edge.rules.model import GATEWAY_KINDS
+
+log = logging.getLogger("fieldlink.gateway.alerts")
 
 SUPPORTED_VERSION = 1
 _TAGS = ("facility", "line", "zone")
@@ -130,3 +138,26 @@ def apply_transitions(snapshot: Mapping[str, Any],
         state["series"] = [s for s in state.get("series", []) if s.get("key") not in subjects]
     snap["saved_at_ms"] = saved_at
     return snap
+
+
+def restore_engine(ruleset: RuleSet, snapshot: Mapping[str, Any] | None,
+                   replay: list[dict[str, Any]], *, now_ms: int, gateway_id: str,
+                   aside: Path) -> tuple[AlertEngine, bool]:
+    """The engine to start with: `snapshot` (None: none was saved yet) with `replay` applied.
+    A state that cannot be restored is written to `aside` (JSON) for a post-mortem and the
+    engine starts empty; the flag says whether that happened."""
+    if snapshot is None and not replay:
+        return AlertEngine(ruleset, now_ms=now_ms, gateway_id=gateway_id), False
+    base = snapshot
+    if base is None:  # transitions were committed before the first snapshot
+        base = AlertEngine(ruleset, now_ms=now_ms, gateway_id=gateway_id).snapshot(
+            include_windows=True)
+    try:
+        snap = apply_transitions(base, replay)
+        return AlertEngine.restore(ruleset, snap, now_ms=now_ms, gateway_id=gateway_id), False
+    except Exception:
+        with contextlib.suppress(Exception):
+            aside.write_text(json.dumps({"snapshot": base, "replay": replay}, default=str))
+        log.critical("alert state could not be restored; starting without it",
+                     exc_info=True, extra={"fields": {"kept_in": str(aside)}})
+        return AlertEngine(ruleset, now_ms=now_ms, gateway_id=gateway_id), True

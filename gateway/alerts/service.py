@@ -45,23 +45,20 @@ readings), and the log (one JSON line per transition, written at commit).  See
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import json
 import logging
 import time
+from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import aiohttp
 
 from edge.backoff import Backoff
 from edge.clock import Clock, SystemClock
-from edge.errors import ConfigError, RetriableError
-from edge.model import Event, Reading
+from edge.errors import ConfigError
+from edge.model import Reading
 from edge.rules import (
     AlertEngine,
     AlertTransition,
@@ -71,6 +68,9 @@ from edge.rules import (
     load_rules,
     parse_rules,
 )
+from edge.windows import WindowResult
+from edge.windows.aggregate import compute_batch
+from gateway.alerts.aggregates import AggregateForwarder
 from gateway.alerts.channels import (
     BufferChannel,
     Channel,
@@ -80,19 +80,18 @@ from gateway.alerts.channels import (
     Publisher,
     WebhookChannel,
 )
-from gateway.alerts.delivery import ChannelWorker
-from gateway.alerts.formats import log_fields
-from gateway.alerts.journal import apply_transitions
+from gateway.alerts.journal import restore_engine
+from gateway.alerts.operators import MqttAcks, alert_routes
+from gateway.alerts.outbox import Outbox
 from gateway.alerts.settings import AlertSettings
-from gateway.alerts.store import DEAD, AlertStore, Entry, Loaded, Mark, encode_snapshot
+from gateway.alerts.store import Loaded
 
 log = logging.getLogger("fieldlink.gateway.alerts")
 
-T = TypeVar("T")
+
 #: a lull: no window closed for this long — the moment for an expensive snapshot
 LULL_S = 1.0
 PRUNE_EVERY_S = 600.0
-AGGREGATE_BATCH = 5000
 
 
 class MqttBroker(Publisher, Protocol):
@@ -104,6 +103,13 @@ class MqttBroker(Publisher, Protocol):
 
 def _cpu() -> float:
     return time.thread_time()
+
+
+def _take_snapshot(engine: AlertEngine) -> tuple[dict[str, Any], float]:
+    """On the store thread, while the engine is paused."""
+    t0 = _cpu()
+    snap = engine.snapshot(include_windows=True)
+    return snap, _cpu() - t0
 
 
 class AlertService:
@@ -126,18 +132,24 @@ class AlertService:
         self._session = session
         self._ruleset = ruleset
         self._engine: AlertEngine | None = None
-        self._store: AlertStore | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self.outbox = Outbox(settings.state_path, clock=self.clock,
+                             retry_base_s=settings.retry_base_s,
+                             retry_cap_s=settings.retry_cap_s,
+                             retain_resolved_s=settings.retain_resolved_s)
         self._collected: list[AlertTransition] = []
         self._commit_lock = asyncio.Lock()
-        self._workers: dict[str, ChannelWorker] = {}
-        self._mqtt_state: MqttStateChannel | None = None
-        self._aggregates: deque[Event] = deque()
-        self._aggregates_wake = asyncio.Event()
-        self._aggregates_idle = asyncio.Event()
+        self._forwarder: AggregateForwarder | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._ack_sub: Any = None
         self._aborted = False
+        self._paused = False
+        self._engine_free = asyncio.Event()
+        self._engine_free.set()
+        self._deferred: list[Sequence[Reading]] = []
+        self._reload_pending = False
+        #: (advance now_ms, clock after advance, windows closed, transitions) of recent ticks
+        #: that produced something — how long the engine itself took to close windows
+        self.ticks: deque[tuple[int, int, int, int]] = deque(maxlen=1000)
         self._dirty = False
         self._last_snapshot = float("-inf")
         self._last_close = float("-inf")
@@ -145,7 +157,6 @@ class AlertService:
         self._last_tick = float("-inf")
         self._started_mono = 0.0
         # counters (see stats())
-        self.transitions: Counter[str] = Counter()
         self.late: Counter[str] = Counter()
         self.windows_closed: Counter[str] = Counter()
         self.reloads: Counter[str] = Counter()
@@ -157,15 +168,14 @@ class AlertService:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
+    def running(self) -> bool:
+        return self._engine is not None
+
+    @property
     def engine(self) -> AlertEngine:
         if self._engine is None:
             raise RuntimeError("the alert service is not running")
         return self._engine
-
-    async def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        assert self._executor is not None
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, functools.partial(fn, *args, **kwargs))
 
     def _load_ruleset(self) -> RuleSet:
         if self._ruleset is not None:
@@ -178,27 +188,27 @@ class AlertService:
         """Open the state file, restore the engine, start the tasks.  Raises ConfigError for
         an invalid rules file (check-config reports it before a start)."""
         ruleset = self._load_ruleset()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="alerts-store")
         try:
-            self._store = await self._io(AlertStore, self.settings.state_path)
-            loaded = await self._io(self._store.load)
-            self._engine = await self._io(self._restore, ruleset, loaded)
-            orphans = self._start_channels(loaded)
-            if orphans:
-                await self._io(self._store.mark, orphans)
+            loaded = await self.outbox.open()
+            self._engine = await self.outbox.io(self._restore, ruleset, loaded)
+            await self.outbox.start(self._channels(), loaded)
         except BaseException:
-            await self._close_store()
+            await self.outbox.close()
             raise
         self._started_mono = self._last_snapshot = self.clock.monotonic()
         self._dirty = bool(loaded.replay)
         if self.mqtt is not None:
             self._ack_sub = self.mqtt.subscribe_internal(
-                f"{self.settings.topic_prefix}ack/#", self._on_mqtt_ack)
+                f"{self.settings.topic_prefix}ack/#", MqttAcks(self))
         loop = asyncio.get_running_loop()
-        for w in self._workers.values():
+        for w in self.outbox.workers.values():
             self._spawn(loop, w.run(), f"alerts-deliver-{w.name}")
         if self.buffer is not None:
-            self._spawn(loop, self._aggregate_loop(), "alerts-aggregates")
+            self._forwarder = AggregateForwarder(
+                self.buffer, backoff=Backoff(base=self.settings.retry_base_s,
+                                             cap=self.settings.retry_cap_s),
+                max_pending=self.settings.max_pending_aggregates, counters=self.counters)
+            self._spawn(loop, self._forwarder.run(), "alerts-aggregates")
         if self.settings.tick_s is not None:
             self._spawn(loop, self._ticker(self.settings.tick_s), "alerts-ticker")
         self._spawn(loop, self._maintenance(), "alerts-maintenance")
@@ -206,8 +216,8 @@ class AlertService:
             "rules": len(ruleset.rules), "windows": list(ruleset.windows),
             "active_alerts": len(self.engine.active_alerts()),
             "replayed_transitions": len(loaded.replay),
-            "pending_deliveries": sum(w.depth() for w in self._workers.values()),
-            "channels": list(self._workers)}})
+            "pending_deliveries": sum(w.depth() for w in self.outbox.workers.values()),
+            "channels": list(self.outbox.workers)}})
         return self
 
     def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any, name: str) -> None:
@@ -222,62 +232,31 @@ class AlertService:
                          extra={"fields": {"task": task.get_name()}})
 
     def _restore(self, ruleset: RuleSet, loaded: Loaded) -> AlertEngine:
-        now = self.clock.now_ms()
-        gw = self.settings.gateway_id
-        if loaded.snapshot is None and not loaded.replay:
-            return AlertEngine(ruleset, now_ms=now, gateway_id=gw)
-        base = loaded.snapshot
-        if base is None:  # transitions were committed before the first snapshot
-            base = AlertEngine(ruleset, now_ms=now, gateway_id=gw).snapshot(
-                include_windows=True)
-        try:
-            snap = apply_transitions(base, loaded.replay)
-            return AlertEngine.restore(ruleset, snap, now_ms=now, gateway_id=gw)
-        except Exception:
-            # Keep the unusable state for a post-mortem, start clean, say so loudly.
-            aside = Path(f"{self.settings.state_path}.unrestorable-{now}.json")
-            with contextlib.suppress(Exception):
-                aside.write_text(json.dumps({"snapshot": base, "replay": loaded.replay},
-                                            default=str))
-            self.counters["restore_failed"] += 1
-            log.critical("alert state could not be restored; starting without it",
-                         exc_info=True, extra={"fields": {"kept_in": str(aside)}})
-            return AlertEngine(ruleset, now_ms=now, gateway_id=gw)
+        # Window closes compute with numpy, whose modules load on first use (numpy itself,
+        # then numpy.ma from np.unique): run one tiny close here, off the loop, so the first
+        # real close does not stall the ticker for those imports.
+        compute_batch(array("d", [0.0, 1.0]), array("q", [0, 1]), [2])
 
-    def _start_channels(self, loaded: Loaded) -> list[Mark]:
-        """Build the channels and queue the pending deliveries; returns dead marks for rows
-        of channels that are no longer configured."""
+        now = self.clock.now_ms()
+        engine, failed = restore_engine(
+            ruleset, loaded.snapshot, loaded.replay, now_ms=now,
+            gateway_id=self.settings.gateway_id,
+            aside=Path(f"{self.settings.state_path}.unrestorable-{now}.json"))
+        if failed:
+            self.counters["restore_failed"] += 1
+        return engine
+
+    def _channels(self) -> list[Channel]:
         s = self.settings
         channels: list[Channel] = []
         if self.mqtt is not None:
-            self._mqtt_state = MqttStateChannel(self.mqtt, s.topic_prefix, s.gateway_id)
-            channels.append(self._mqtt_state)
-            channels.append(MqttClearChannel(self._mqtt_state))
+            state = MqttStateChannel(self.mqtt, s.topic_prefix, s.gateway_id)
+            channels += [state, MqttClearChannel(state)]
         if self.buffer is not None:
             channels.append(BufferChannel(self.buffer))
-        for hook in s.webhooks:
-            channels.append(WebhookChannel(hook, self._http_session, s.gateway_id))
-        for ch in channels:
-            self._workers[ch.name] = ChannelWorker(
-                ch, clock=self.clock, backoff=Backoff(base=s.retry_base_s, cap=s.retry_cap_s),
-                persist=self._persist_marks)
-        if self._mqtt_state is not None:
-            for p in loaded.pending:
-                if p.channel == "mqtt":
-                    self._mqtt_state.note(p.outbox_id, p.record)
-            for newer in loaded.newer.values():
-                for newer_id, rec in newer:
-                    self._mqtt_state.note(newer_id, rec)
-        for name, worker in self._workers.items():
-            worker.add(p for p in loaded.pending if p.channel == name)
-        orphans = [p for p in loaded.pending if p.channel not in self._workers]
-        if orphans:
-            self.counters["orphaned_deliveries"] += len(orphans)
-            log.warning("pending alert deliveries of channels no longer configured are "
-                        "marked dead", extra={"fields": {"rows": len(orphans), "channels":
-                                                         sorted({p.channel for p in orphans})}})
-        return [Mark(p.outbox_id, p.channel, DEAD, p.attempts, "channel no longer configured")
-                for p in orphans]
+        channels += [WebhookChannel(hook, self._http_session, s.gateway_id)
+                     for hook in s.webhooks]
+        return channels
 
     def _http_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -299,33 +278,21 @@ class AlertService:
             await self.save_snapshot()
         except Exception:
             log.exception("alert state could not be saved at shutdown")
-        for w in self._workers.values():
-            await w.drain(self.settings.shutdown_grace_s)
-        if self._aggregates:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._aggregates_idle.wait(),
-                                       self.settings.shutdown_grace_s)
-        if self._aggregates:
-            self.counters["aggregates_unsaved_at_shutdown"] += len(self._aggregates)
+        await self.outbox.drain(self.settings.shutdown_grace_s)
+        fwd = self._forwarder
+        if fwd is not None and not await fwd.drain(self.settings.shutdown_grace_s):
+            self.counters["aggregates_unsaved_at_shutdown"] += len(fwd)
             log.warning("aggregates not buffered at shutdown",
-                        extra={"fields": {"aggregates": len(self._aggregates)}})
+                        extra={"fields": {"aggregates": len(fwd)}})
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if self._session is not None and self._own_session:
             await self._session.close()
-        await self._close_store()
+        await self.outbox.close()
         self._engine = None
         log.info("alert service stopped")
-
-    async def _close_store(self) -> None:
-        if self._store is not None:
-            await self._io(self._store.close)
-            self._store = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
 
     def abort(self) -> None:
         """Stop as a crash would: tasks cancelled, nothing saved or recorded any more, the
@@ -338,22 +305,21 @@ class AlertService:
         if self._session is not None and self._own_session:
             asyncio.get_running_loop().create_task(self._session.close(),
                                                    name="alerts-abort-session")
-        if self._executor is not None:
-            store, self._store = self._store, None
-            if store is not None:
-                self._executor.submit(store.close)
-            self._executor.shutdown(wait=False)
-            self._executor = None
+        self.outbox.abort()
         self._engine = None
 
     # -- input -----------------------------------------------------------------------------
 
     def observe(self, readings: Sequence[Reading]) -> None:
         """Pipeline observer: file committed readings with the engine.  Synchronous, never
-        raises for data, never blocks; transitions it yields are committed by the next tick."""
+        raises for data, never blocks; transitions it yields are committed by the next tick.
+        While a snapshot is being taken the readings are held and filed right after it."""
         eng = self._engine
         if eng is None:
             self.counters["readings_before_start"] += len(readings)
+            return
+        if self._paused:
+            self._deferred.append(readings)
             return
         self._dirty = True
         t0 = _cpu() if self.settings.measure_cpu else 0.0
@@ -378,9 +344,11 @@ class AlertService:
             return None
 
     async def step(self) -> None:
-        """One tick: advance the engine, buffer the aggregates, commit and hand out the
-        transitions, save a snapshot when one is due."""
+        """One tick: advance the engine; commit the transitions and hand them to the channels
+        first (alert latency), then queue the aggregates for the buffer; save a snapshot when
+        one is due."""
         eng = self.engine
+        await self._engine_free.wait()
         now = self.clock.now_ms()
         status = self._gateway_status()
         t0 = _cpu() if self.settings.measure_cpu else 0.0
@@ -389,13 +357,19 @@ class AlertService:
             self.engine_cpu_s += _cpu() - t0
         self._last_tick = self.clock.monotonic()
         if out:
-            self._absorb(out)
-        if await self.commit():
+            self.ticks.append((now, self.clock.now_ms(), len(out.aggregates),
+                               len(out.transitions)))
+            self._collected.extend(out.transitions)
+            for late in out.late:
+                self.late[late.reason] += 1
+        committed = await self.commit()
+        if committed:
             # let the channel tasks take the new transitions before anything else runs
-            # (a snapshot would hold the loop); the snapshot waits for a later tick
             await asyncio.sleep(0)
-            return
-        await self._maybe_snapshot()
+        if out.aggregates:
+            self._absorb_aggregates(out.aggregates)
+        if not committed:  # a snapshot waits for a tick that delivered nothing
+            await self._maybe_snapshot()
 
     async def _ticker(self, period: float) -> None:
         loop = asyncio.get_running_loop()
@@ -415,36 +389,23 @@ class AlertService:
                 log.exception("alert tick failed")
 
     def _absorb(self, out: Output) -> None:
+        """Take an output that did not come from `step` (a reload)."""
         self._dirty = True
-        if out.aggregates:
-            self._last_close = self.clock.monotonic()
-            for res in out.aggregates:
-                self.windows_closed[res.closed_by] += 1
-            if self.buffer is not None:
-                self._aggregates.extend(a.to_event() for a in out.aggregates)
-                overflow = len(self._aggregates) - self.settings.max_pending_aggregates
-                if overflow > 0:
-                    for _ in range(overflow):
-                        self._aggregates.popleft()
-                    self.counters["aggregates_dropped"] += overflow
-                    log.error("aggregates dropped: the buffer does not keep up",
-                              extra={"fields": {"dropped": overflow}})
-                self._aggregates_idle.clear()
-                self._aggregates_wake.set()
-        if out.transitions:
-            self._collected.extend(out.transitions)
+        self._collected.extend(out.transitions)
         for late in out.late:
             self.late[late.reason] += 1
+        if out.aggregates:
+            self._absorb_aggregates(out.aggregates)
+
+    def _absorb_aggregates(self, aggregates: Sequence[WindowResult]) -> None:
+        self._dirty = True
+        self._last_close = self.clock.monotonic()
+        for res in aggregates:
+            self.windows_closed[res.closed_by] += 1
+        if self._forwarder is not None:
+            self._forwarder.add(aggregates)
 
     # -- commit and delivery ------------------------------------------------------------------
-
-    def _entry(self, t: AlertTransition) -> Entry:
-        record = {"transition": t.transition, "at_ms": t.at_ms, **t.body}
-        channels = [(name, 0) for name in self._workers if name != "mqtt-clear"]
-        retain = self.settings.retain_resolved_s
-        if t.transition == "resolved" and "mqtt-clear" in self._workers and retain is not None:
-            channels.append(("mqtt-clear", t.at_ms + int(retain * 1000)))
-        return Entry(record, tuple(channels))
 
     async def commit(self, snapshot: bool = False) -> int:
         """Make every transition produced so far durable (and, with `snapshot`, a full engine
@@ -453,51 +414,43 @@ class AlertService:
         async with self._commit_lock:
             if not self._collected and not snapshot:
                 return 0
-            batch, self._collected = self._collected, []
-            entries = [self._entry(t) for t in batch]
-            blob_of: Callable[[], bytes | None] = lambda: None  # noqa: E731
+            snap: dict[str, Any] | None = None
+            snap_cpu = 0.0
             if snapshot:
-                t0 = _cpu()
-                snap = self.engine.snapshot(include_windows=True)
-                cpu_loop = _cpu() - t0
-                blob_of = functools.partial(self._encode, snap)
-            assert self._store is not None
-            store = self._store
+                # The snapshot of every open window takes a while (10,000 devices: hundreds of
+                # ms).  It runs on the store thread so the loop keeps serving the broker;
+                # meanwhile the engine is paused (readings held, no tick, acks wait), so the
+                # snapshot and the transitions drained with it are exactly consistent.
+                self._pause()
+                try:
+                    batch, self._collected = self._collected, []
+                    snap, snap_cpu = await self.outbox.io(_take_snapshot, self.engine)
+                finally:
+                    self._resume()
+            else:
+                batch, self._collected = self._collected, []
             try:
-                pendings, encode_cpu, size = await self._io(self._write, store, entries, blob_of)
+                encode_cpu, size = await self.outbox.commit(batch, snap)
             except BaseException:
                 self._collected[:0] = batch  # retried with the next commit
                 raise
             if snapshot:
-                self._snapshot_done(cpu_loop + encode_cpu, size)
-        for entry in entries:
-            rec = entry.record
-            self.transitions[rec["transition"]] += 1
-            level = logging.INFO if rec["transition"] in ("acknowledged", "resolved") else (
-                logging.ERROR if rec["severity"] == "critical" else logging.WARNING)
-            log.log(level, f"alert {rec['transition']}: {rec.get('message', '')}",
-                    extra={"fields": log_fields(rec)})
-        for p in pendings:
-            if p.channel == "mqtt" and self._mqtt_state is not None:
-                self._mqtt_state.note(p.outbox_id, p.record)
-        by_channel: dict[str, list[Any]] = {}
-        for p in pendings:
-            by_channel.setdefault(p.channel, []).append(p)
-        for name, items in by_channel.items():
-            self._workers[name].add(items)
-        return len(entries)
+                self._snapshot_done(snap_cpu + encode_cpu, size)
+        return len(batch)
 
-    @staticmethod
-    def _encode(snap: dict[str, Any]) -> bytes:
-        return encode_snapshot(snap)
+    def _pause(self) -> None:
+        self._paused = True
+        self._engine_free.clear()
 
-    @staticmethod
-    def _write(store: AlertStore, entries: list[Entry], blob_of: Callable[[], bytes | None]
-               ) -> tuple[list[Any], float, int]:
-        t0 = _cpu()
-        blob = blob_of()
-        cpu = _cpu() - t0
-        return store.commit(entries, blob), cpu, len(blob or b"")
+    def _resume(self) -> None:
+        self._paused = False
+        self._engine_free.set()
+        deferred, self._deferred = self._deferred, []
+        for readings in deferred:
+            self.observe(readings)
+        if self._reload_pending:
+            self._reload_pending = False
+            self.reload()
 
     def _snapshot_done(self, cpu_s: float, size: int) -> None:
         s = self.settings
@@ -524,55 +477,14 @@ class AlertService:
             return  # windows are closing right now: wait for the lull, within reason
         await self.save_snapshot()
 
-    async def _persist_marks(self, marks: list[Mark]) -> None:
-        if self._aborted or self._store is None:
-            return
-        await self._io(self._store.mark, marks)
-
-    async def _aggregate_loop(self) -> None:
-        assert self.buffer is not None
-        backoff = Backoff(base=self.settings.retry_base_s, cap=self.settings.retry_cap_s)
-        while True:
-            if not self._aggregates:
-                self._aggregates_wake.clear()
-                self._aggregates_idle.set()
-                await self._aggregates_wake.wait()
-                continue
-            n = min(len(self._aggregates), AGGREGATE_BATCH)
-            batch = [self._aggregates[i] for i in range(n)]
-            try:
-                result = await self.buffer.append_events(batch)
-            except RetriableError as exc:
-                self.counters["aggregate_retries"] += 1
-                log.warning("buffer busy; aggregates retried",
-                            extra={"fields": {"error": str(exc), "aggregates": n}})
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            except Exception:
-                log.exception("aggregates could not be buffered")
-                self.counters["aggregates_dropped"] += n
-                result = None
-            for _ in range(n):
-                self._aggregates.popleft()
-            backoff.reset()
-            if result is not None:
-                self.counters["aggregates_buffered"] += result.stored
-                self.counters["aggregates_duplicate"] += result.duplicates
-                if result.refused:
-                    self.counters["aggregates_dropped"] += result.refused
-                    log.error("buffer refused aggregates", extra={"fields": {
-                        "refused": result.refused, "reason": result.refused_reason}})
-
     async def _maintenance(self) -> None:
         s = self.settings
         while True:
             await asyncio.sleep(PRUNE_EVERY_S)
-            if self._store is None:
-                continue
             try:
                 cutoff = self.clock.now_ms() - int(s.outbox_retention_s * 1000)
-                pruned = await self._io(self._store.prune, older_than_ms=cutoff,
-                                        keep_rows=s.outbox_max_rows)
+                pruned = await self.outbox.prune(older_than_ms=cutoff,
+                                                 keep_rows=s.outbox_max_rows)
                 self.counters["outbox_pruned"] += pruned
             except Exception:
                 log.exception("alert outbox pruning failed")
@@ -583,6 +495,7 @@ class AlertService:
                           ) -> AlertTransition | None:
         """Acknowledge a firing alert; returns the transition once it is durable (it is then
         delivered on every channel), or None when the alert is not firing."""
+        await self._engine_free.wait()
         t = self.engine.acknowledge(dedup_key, by, self.clock.now_ms())
         if t is None:
             self.acks[f"{source}_refused"] += 1
@@ -600,34 +513,6 @@ class AlertService:
                 return body
         return None
 
-    def _on_mqtt_ack(self, msg: Any) -> Any:
-        prefix = f"{self.settings.topic_prefix}ack/"
-        dedup_key = msg.topic[len(prefix):]
-        if msg.retain and msg.payload:
-            # a retained ack would be replayed to every subscriber: clear it
-            with contextlib.suppress(Exception):
-                assert self.mqtt is not None
-                self.mqtt.publish(msg.topic, b"", retain=True)
-        by = getattr(msg, "username", None) or "mqtt-operator"
-        if msg.payload:
-            try:
-                body = json.loads(msg.payload)
-                if isinstance(body, dict) and isinstance(body.get("by"), str) and body["by"]:
-                    by = body["by"][:128]
-            except (ValueError, UnicodeDecodeError):
-                self.acks["mqtt_invalid"] += 1
-                log.warning("MQTT acknowledgement with a payload that is not JSON; acked "
-                            "anyway", extra={"fields": {"topic": msg.topic}})
-        if not dedup_key or self._engine is None:
-            self.acks["mqtt_refused"] += 1
-            return None
-        return self._mqtt_ack(dedup_key, by)
-
-    async def _mqtt_ack(self, dedup_key: str, by: str) -> None:
-        t = await self.acknowledge(dedup_key, by, source="mqtt")
-        log.info("alert acknowledgement over MQTT", extra={"fields": {
-            "dedup_key": dedup_key, "by": by, "accepted": t is not None}})
-
     def reload(self) -> bool:
         """Re-read the rules file and swap the rules in, keeping window and alert state
         (SIGHUP).  An invalid file is logged and counted; the old rules stay."""
@@ -635,6 +520,10 @@ class AlertService:
             self.reloads["failed"] += 1
             log.error("rules reload: no rules file configured or service not running")
             return False
+        if self._paused:  # a snapshot is reading the engine: reload right after it
+            self._reload_pending = True
+            log.info("rules reload deferred until the running snapshot is taken")
+            return True
         try:
             ruleset = load_rules(self.settings.rules_file)
         except ConfigError as exc:
@@ -660,8 +549,7 @@ class AlertService:
 
     async def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """The newest transitions with their delivery status per channel, newest first."""
-        assert self._store is not None
-        return await self._io(self._store.recent, limit)
+        return await self.outbox.recent(limit)
 
     def stats(self) -> dict[str, Any]:
         """Counters and gauges; field names follow `gateway.http.metrics` kind "alerts"."""
@@ -671,41 +559,24 @@ class AlertService:
         acked: Counter[str] = Counter()
         for a in active:
             (firing if a["state"] == "firing" else acked)[a["severity"]] += 1
-        deliveries: dict[str, dict[str, int]] = {}
-        depth = 0
-        oldest: int | None = None
-        for name, w in self._workers.items():
-            deliveries[name] = dict(w.outcomes)
-            if name == "mqtt-clear":
-                continue
-            depth += w.depth(now)
-            at = w.oldest_at_ms(now)
-            if at is not None and (oldest is None or at < oldest):
-                oldest = at
         return {
             "firing": sum(firing.values()), "acknowledged": sum(acked.values()),
             "firing_by_severity": dict(firing), "acknowledged_by_severity": dict(acked),
-            "transitions": dict(self.transitions),
-            "notifications_failed": sum(w.outcomes["retried"] + w.outcomes[DEAD]
-                                        for w in self._workers.values()),
-            "deliveries": deliveries,
-            "outbox_depth": depth,
-            "outbox_oldest_age_ms": None if oldest is None else max(0, now - oldest),
-            "retained_clears_scheduled": (self._workers["mqtt-clear"].depth()
-                                          if "mqtt-clear" in self._workers else 0),
+            **self.outbox.stats(now),
             "late": dict(self.late), "windows_closed": sum(self.windows_closed.values()),
             "windows_closed_by": dict(self.windows_closed),
             "rule_reloads": {"ok": self.reloads["ok"], "failed": self.reloads["failed"]},
             "acks": dict(self.acks),
-            "aggregates_pending": len(self._aggregates),
+            "aggregates_pending": len(self._forwarder or ()),
             "engine_cpu_s": round(self.engine_cpu_s, 4),
             "snapshot": dict(self.snapshot_info),
+            "orphaned_deliveries": self.outbox.orphaned,
             **{k: v for k, v in self.counters.items()},
         }
 
     def health(self) -> tuple[bool, str]:
         """Healthy while the ticker runs (a tick within the last 2 s) and the file is open."""
-        if self._engine is None or self._store is None:
+        if self._engine is None or self.outbox.store is None:
             return False, "not running"
         if self.settings.tick_s is not None:
             since = self.clock.monotonic() - max(self._last_tick, self._started_mono)
@@ -717,5 +588,4 @@ class AlertService:
 
     def routes(self) -> list[Any]:
         """aiohttp routes for `GatewayHttp.add_routes`: GET /alerts, POST /alerts/{key}/ack."""
-        from gateway.alerts.http import alert_routes
         return alert_routes(self)

@@ -1,7 +1,8 @@
 """`AlertStore`: the alert service's SQLite file — engine snapshot, outbox, delivery status.
 
-Synchronous; the service calls it from one dedicated thread, so calls never overlap and run
-in submission order.  WAL mode.  Tables:
+Synchronous and thread-safe (one lock around every call).  The service runs most calls on
+one dedicated thread, in submission order, and commits of transitions alone on the event loop
+(see `gateway.alerts.outbox`).  WAL mode.  Tables:
 
 * ``snapshot`` — one row: the last full engine snapshot (msgpack, zstd-compressed), the
   time it was saved and ``covers_id``, the highest outbox id whose transition it includes.
@@ -21,13 +22,15 @@ last ones, and then a transition is delivered again (at-least-once), never lost.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import zstandard
@@ -122,9 +125,21 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(self: AlertStore, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(self, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
 class AlertStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self._lock = threading.Lock()
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -138,6 +153,7 @@ class AlertStore:
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._sync: str | None = None
 
+    @_locked
     def close(self) -> None:
         self._db.close()
 
@@ -148,6 +164,7 @@ class AlertStore:
 
     # -- start ------------------------------------------------------------------------------
 
+    @_locked
     def load(self) -> Loaded:
         """The snapshot, the transitions to replay onto it, and every pending delivery."""
         db = self._db
@@ -169,6 +186,7 @@ class AlertStore:
 
     # -- writes -----------------------------------------------------------------------------
 
+    @_locked
     def commit(self, entries: Sequence[Entry], snapshot: bytes | None = None,
                now_ms: int | None = None) -> list[Pending]:
         """Store `entries` (and the snapshot that includes them) in one durable transaction.
@@ -179,18 +197,27 @@ class AlertStore:
         out: list[Pending] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            for e in entries:
-                rec = e.record
-                cur = db.execute(
-                    "INSERT INTO outbox (dedup_key, transition, at_ms, record) VALUES "
-                    "(?, ?, ?, ?)", (rec["dedup_key"], rec["transition"], int(rec["at_ms"]),
-                                     json.dumps(rec, separators=(",", ":"))))
-                oid = int(cur.lastrowid or 0)
-                for channel, not_before in e.channels:
-                    db.execute("INSERT INTO delivery (outbox_id, channel, not_before_ms, "
-                               "updated_ms) VALUES (?, ?, ?, ?)",
-                               (oid, channel, not_before, now))
-                    out.append(Pending(oid, channel, rec, not_before))
+            if entries:
+                # Ids are assigned here so that the rows go in as a few multi-row INSERTs:
+                # every statement step releases and re-takes the GIL, and with the event loop
+                # busy each re-take can wait a thread switch interval.
+                row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
+                                 ).fetchone()
+                oid = row[0] if row else 0
+                outbox_rows: list[tuple[Any, ...]] = []
+                delivery_rows: list[tuple[Any, ...]] = []
+                for e in entries:
+                    oid += 1
+                    rec = e.record
+                    outbox_rows.append((oid, rec["dedup_key"], rec["transition"],
+                                        int(rec["at_ms"]), json.dumps(rec, separators=(",", ":"))))
+                    for channel, not_before in e.channels:
+                        delivery_rows.append((oid, channel, not_before, now))
+                        out.append(Pending(oid, channel, rec, not_before))
+                self._insert_many("outbox (id, dedup_key, transition, at_ms, record)",
+                                  outbox_rows)
+                self._insert_many("delivery (outbox_id, channel, not_before_ms, updated_ms)",
+                                  delivery_rows)
             if snapshot is not None:
                 covers = db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
                 db.execute("INSERT OR REPLACE INTO snapshot (id, saved_ms, covers_id, data) "
@@ -201,6 +228,18 @@ class AlertStore:
             raise
         return out
 
+    def _insert_many(self, into: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        width = len(rows[0])
+        per = max(1, 30_000 // width)  # under SQLite's limit of bound variables
+        for i in range(0, len(rows), per):
+            chunk = rows[i:i + per]
+            marks = ",".join(["(" + ",".join("?" * width) + ")"] * len(chunk))
+            self._db.execute(f"INSERT INTO {into} VALUES {marks}",
+                             [v for r in chunk for v in r])
+
+    @_locked
     def mark(self, marks: Iterable[Mark], now_ms: int | None = None) -> None:
         now = _now_ms() if now_ms is None else now_ms
         self._synchronous("NORMAL")
@@ -210,6 +249,7 @@ class AlertStore:
                 "WHERE outbox_id = ? AND channel = ?",
                 [(m.status, m.attempts, m.error, now, m.outbox_id, m.channel) for m in marks])
 
+    @_locked
     def prune(self, *, older_than_ms: int, keep_rows: int) -> int:
         """Forget finished transitions (no pending delivery, included in the snapshot) older
         than `older_than_ms` or beyond the newest `keep_rows`.  Returns rows removed."""
@@ -230,6 +270,7 @@ class AlertStore:
 
     # -- reads ------------------------------------------------------------------------------
 
+    @_locked
     def recent(self, limit: int) -> list[dict[str, Any]]:
         """The newest transitions, newest first, each with its delivery status per channel."""
         db = self._db
@@ -245,6 +286,7 @@ class AlertStore:
             out.append({"id": oid, **json.loads(rec), "deliveries": deliveries})
         return out
 
+    @_locked
     def counts(self) -> dict[str, dict[str, int]]:
         """channel -> status -> rows (for the CLI and tests)."""
         out: dict[str, dict[str, int]] = {}

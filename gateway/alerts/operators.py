@@ -1,4 +1,14 @@
-"""HTTP routes of the alert service, mounted on the gateway's HTTP server.
+"""How operators reach the alert service: MQTT acknowledgements and HTTP routes.
+
+MQTT (`MqttAcks`, an internal subscriber of ``<prefix>ack/#`` on the embedded broker): an
+operator publishes to ``alerts/ack/<dedup_key>``, payload empty or ``{"by": "name"}``.  The
+broker's ACL lets only operator accounts publish under ``alerts/#`` (device PUBLISHes there are
+refused), so every message arriving here is an operator's.  A retained ack is cleared (it
+would be replayed to every subscriber); a payload that is not a JSON object is counted
+(``acks["mqtt_invalid"]``) and the ack still applies; an ack of an alert that is not firing is
+counted as ``mqtt_refused``.  The acknowledgement transition is delivered on every channel.
+
+HTTP (`alert_routes`, mounted on the gateway's HTTP server):
 
     GET  /alerts                   {"active": [...], "recent": [...], "stats": {...}}
     POST /alerts/{dedup_key}/ack   acknowledge a firing alert
@@ -19,14 +29,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway.alerts.formats import parse_ack
 from gateway.errors import Unauthorized
 
 if TYPE_CHECKING:
     from gateway.alerts.service import AlertService
+
+log = logging.getLogger("fieldlink.gateway.alerts")
 
 REALM = 'Basic realm="fieldlink gateway", charset="UTF-8"'
 MAX_RECENT = 500
@@ -93,3 +108,31 @@ def alert_routes(service: AlertService) -> list[web.RouteDef]:
 
     return [web.get("/alerts", list_alerts),
             web.post("/alerts/{dedup_key}/ack", acknowledge)]
+
+
+class MqttAcks:
+    """The callback `MqttServer.subscribe_internal(f"{prefix}ack/#", MqttAcks(service))`."""
+
+    def __init__(self, service: AlertService) -> None:
+        self.service = service
+
+    def __call__(self, msg: Any) -> Any:
+        svc = self.service
+        if msg.retain and msg.payload and svc.mqtt is not None:
+            with contextlib.suppress(Exception):
+                svc.mqtt.publish(msg.topic, b"", retain=True)
+        ack = parse_ack(msg.topic, msg.payload, svc.settings.topic_prefix,
+                        getattr(msg, "username", None))
+        if not ack.payload_ok:
+            svc.acks["mqtt_invalid"] += 1
+            log.warning("MQTT acknowledgement with a payload that is not a JSON object; "
+                        "acknowledged anyway", extra={"fields": {"topic": msg.topic}})
+        if not ack.dedup_key or not svc.running:
+            svc.acks["mqtt_refused"] += 1
+            return None
+        return self._ack(ack.dedup_key, ack.by)
+
+    async def _ack(self, dedup_key: str, by: str) -> None:
+        t = await self.service.acknowledge(dedup_key, by, source="mqtt")
+        log.info("alert acknowledgement over MQTT", extra={"fields": {
+            "dedup_key": dedup_key, "by": by, "accepted": t is not None}})
