@@ -28,7 +28,6 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import heapq
 import time
 from collections import Counter
 from typing import Any
@@ -170,6 +169,7 @@ class Fleet(Sessions):
         self.stats.duration_s = loop.time() - mono0
         await self._drain(cfg.drain_timeout_s)
         self.stats.cpu_s = time.process_time() - cpu0
+        self.stats.cpu_wall_s = loop.time() - mono0
         if self._ledger is not None:
             await self._ledger.flush()
         return self.summary()
@@ -210,52 +210,77 @@ class Fleet(Sessions):
             raise self._failure
 
     async def _schedule(self, mono0: float, start_ms: int, duration: float | None) -> None:
+        """Ticks every device when due: device d's tick k is due `phase_d + k * period` ms
+        after `start_ms` (the integer formula of `DeviceModel.tick_ms`), and sent iff that is
+        before the end.
+
+        Devices sharing a period fire in the same order every round (sorted by phase), so
+        each period needs only a cursor into that order — no per-tick heap operation, which
+        with 10,000 devices cost as much as generating the reading.
+        """
         loop = asyncio.get_running_loop()
         stats = self.stats
-        end_ms = None if duration is None else start_ms + round(duration * 1000)
-        # (due loop time, device index, tick)
-        heap: list[tuple[float, int, int]] = []
+        dur_ms = None if duration is None else round(duration * 1000)
+        by_period: dict[float, list[tuple[int, int]]] = {}
         for i, rt in enumerate(self.runtimes):
-            assert rt.model is not None
-            t = rt.model.tick_ms(0)
-            if end_ms is None or t < end_ms:
-                heap.append((mono0 + (t - start_ms) / 1000.0, i, 0))
-        heapq.heapify(heap)
+            by_period.setdefault(rt.spec.period_ms, []).append((rt.spec.phase_ms, i))
+        # [period, order, position in order, round k, finished]
+        cursors: list[list[Any]] = [[period, sorted(order), 0, 0, False]
+                                    for period, order in by_period.items()]
         storm = self.cfg.faults.reconnect_storm
         next_storm = 1
         runtimes = self.runtimes
-        while heap and not self._stop.is_set():
-            now = loop.time()
-            if storm.rate > 0 and now - mono0 >= next_storm:
+        while not self._stop.is_set():
+            now_ms = (loop.time() - mono0) * 1000.0
+            if storm.rate > 0 and now_ms >= next_storm * 1000:
                 self._storm(next_storm)
                 next_storm += 1
             done = 0
-            while heap and heap[0][0] <= now and done < _MAX_BATCH:
-                due, i, k = heapq.heappop(heap)
-                rt = runtimes[i]
-                model = rt.model
-                assert model is not None
-                lag = now - due
-                if lag > stats.max_lag_s:
-                    stats.max_lag_s = lag
-                for e in model.tick(k):
-                    self._submit(rt, e)
-                if model.events:
-                    self._model_events(rt, model)
-                if model.disconnect:
-                    self._drop(rt, "fault:disconnect")
-                t = model.t0 + round((k + 1) * model.period_ms)
-                if end_ms is None or t < end_ms:
-                    heapq.heappush(heap, (mono0 + (t - start_ms) / 1000.0, i, k + 1))
-                done += 1
+            next_due = None
+            for c in cursors:
+                period, order, pos, k, finished = c
+                if finished:
+                    continue
+                offset = round(k * period)
+                while done < _MAX_BATCH:
+                    phase, i = order[pos]
+                    due = phase + offset
+                    if dur_ms is not None and due >= dur_ms:
+                        finished = True
+                        break
+                    if due > now_ms:
+                        break
+                    lag = now_ms - due
+                    if lag > stats.max_lag_s * 1000.0:
+                        stats.max_lag_s = lag / 1000.0
+                    rt = runtimes[i]
+                    model = rt.model
+                    assert model is not None
+                    for e in model.tick(k):
+                        self._submit(rt, e)
+                    if model.events:
+                        self._model_events(rt, model)
+                    if model.disconnect:
+                        self._drop(rt, "fault:disconnect")
+                    done += 1
+                    pos += 1
+                    if pos == len(order):
+                        pos = 0
+                        k += 1
+                        offset = round(k * period)
+                c[2], c[3], c[4] = pos, k, finished
+                if not finished:
+                    due = order[pos][0] + offset
+                    next_due = due if next_due is None else min(next_due, due)
+            if next_due is None:
+                break  # every device has sent its last tick
             if done >= _MAX_BATCH:
                 await asyncio.sleep(0)
                 continue
-            if heap:
-                # a plain sleep (no timeout machinery: this runs ~200 times a second); stop()
-                # is noticed within _MAX_SLEEP_S
-                await asyncio.sleep(min(_MAX_SLEEP_S,
-                                        max(_GRANULARITY_S, heap[0][0] - loop.time())))
+            # a plain sleep (no timeout machinery: this runs ~200 times a second); stop() is
+            # noticed within _MAX_SLEEP_S
+            wait = (next_due - (loop.time() - mono0) * 1000.0) / 1000.0
+            await asyncio.sleep(min(_MAX_SLEEP_S, max(_GRANULARITY_S, wait)))
         if duration is not None and not self._stop.is_set():
             # the run lasts its duration even when the last tick came earlier
             try:

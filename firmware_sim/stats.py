@@ -78,7 +78,9 @@ class RunStats:
     max_lag_s: float = 0.0
     duration_s: float = 0.0
     connect_phase_s: float = 0.0
+    #: process CPU (all threads) and wall time from the first tick to the end of the drain
     cpu_s: float | None = None
+    cpu_wall_s: float | None = None
 
     def summary(self) -> dict[str, Any]:
         lat = self.latency
@@ -110,6 +112,8 @@ class RunStats:
             out["cpu_s"] = round(self.cpu_s, 3)
             out["cpu_us_per_reading"] = (round(self.cpu_s * 1e6 / self.sent, 1)
                                          if self.sent else None)
+            if self.cpu_wall_s:
+                out["cpu_cores"] = round(self.cpu_s / self.cpu_wall_s, 3)
         return out
 
 

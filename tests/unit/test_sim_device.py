@@ -298,3 +298,24 @@ def test_templated_payloads_equal_encoding_the_full_reading(group: dict[str, Any
                     battery_voltage=float(battery) if battery not in (None, "") else None,
                     seq=e.seq)
         assert e.payload == encode(r, m.spec.fmt)
+
+
+def test_json_template_numbers_are_written_as_json_writes_them() -> None:
+    import random
+
+    from edge.model import Reading
+    from firmware_sim.payloads import MessageTemplate, encode
+
+    rng = random.Random(5)
+    for battery in (0.0, None):
+        proto = Reading("dev_1", T0, 0.0, unit="celsius", facility="f", line="x1", zone="z",
+                        battery_voltage=battery, seq=0)
+        tmpl = MessageTemplate(proto, "json")
+        for _ in range(2000):
+            value = rng.choice([rng.uniform(-1e3, 1e3), rng.uniform(-1, 1) * 10 ** rng.randint(
+                -12, 18), -0.0, 0.0, 1e16, 5e-324, 1.7976931348623157e308])
+            volts = None if battery is None else round(rng.uniform(3, 5), 2)
+            seq, ts = rng.randint(0, 2**62), rng.randint(0, 2**45)
+            full = Reading("dev_1", ts, value, unit="celsius", facility="f", line="x1",
+                           zone="z", battery_voltage=volts, seq=seq)
+            assert tmpl.render(ts, value, volts, seq) == encode(full, "json")

@@ -171,6 +171,25 @@ async def test_fleet_sends_exactly_what_generate_predicts(tmp_path) -> None:
         assert led.meta()["seed"] == 7 and led.meta()["summary"]["generated"] == len(rows)
 
 
+async def test_devices_of_different_rates_keep_their_own_schedules() -> None:
+    broker = FakeBroker()
+    async with broker as port:
+        cfg = parse_config({
+            "seed": 4, "start_ms": T0, "connect_rate": 0, "target": {"port": port},
+            "fleet": [{"count": 3, "rate_hz": 4, "id_template": "fast_{n}"},
+                      {"count": 2, "rate_hz": 0.7, "id_template": "slow_{n}"},
+                      {"count": 2, "rate_hz": 10, "id_template": "quick_{n}", "qos": 0}]},
+            SimConfig, environ={})
+        async with Fleet(cfg) as fleet:
+            s = await fleet.run(2.5)
+    expected = generate(cfg, T0, 2.5)
+    assert {d: [p for _, p, _ in got] for d, got in broker.received.items()} == \
+           {d: [e.payload for e in es] for d, es in expected.items() if es}
+    assert s["generated"] == sum(len(es) for es in expected.values())
+    assert sum(len(v) for d, v in expected.items() if d.startswith("quick")) == 50
+    assert s["max_lag_s"] < 1.0
+
+
 async def test_withheld_acks_fail_as_no_ack_after_the_drain(tmp_path) -> None:
     broker = FakeBroker(withhold={"sensor_0000_line1"})
     async with broker as port:
