@@ -5,9 +5,9 @@ the configured compression), owned by the task "kafka-producer", which
 
 * connects with capped, jittered backoff (`edge.backoff.Backoff`) and reconnects the same way
   after a failure, so the service using the bus starts, and keeps running, while Kafka is down;
-* every `watch_interval_s` asks the cluster for metadata; when that fails the producer is
-  dropped and rebuilt, so requests during an outage fail at once (BrokerUnavailable) instead
-  of each waiting `send_timeout_s`.
+* every `watch_interval_s` asks the cluster for metadata; when that fails `watch_failures`
+  times in a row the producer is dropped and rebuilt, so requests during an outage fail at
+  once (BrokerUnavailable) instead of each waiting `send_timeout_s`.
 
 `send_batch` hands every record to the producer, then waits for every acknowledgement, at
 most `send_timeout_s`.  Any failure raises `BrokerUnavailable` and rebuilds the producer (a
@@ -64,6 +64,7 @@ class KafkaBus:
                  send_timeout_s: float = 10.0, request_timeout_ms: int = 15_000,
                  linger_ms: int = 2, max_batch_size: int = 1024 * 1024,
                  max_request_size: int = 1024 * 1024, watch_interval_s: float = 2.0,
+                 watch_failures: int = 2,
                  backoff: Backoff | None = None,
                  producer_options: Mapping[str, Any] | None = None) -> None:
         if not bootstrap_servers:
@@ -76,6 +77,7 @@ class KafkaBus:
         self.request_timeout_ms = request_timeout_ms
         self.max_request_size = max_request_size
         self.watch_interval_s = watch_interval_s
+        self.watch_failures = watch_failures
         self.backoff = backoff or Backoff(base=0.2, cap=10.0)
         self._producer_options = {
             "linger_ms": linger_ms, "max_batch_size": max_batch_size,
@@ -169,7 +171,12 @@ class KafkaBus:
             await self._stop(producer)
 
     async def _watch(self, producer: AIOKafkaProducer) -> None:
-        """Return when the producer must be replaced: a send failed or the cluster is gone."""
+        """Return when the producer must be replaced: a send failed or the cluster is gone.
+
+        The cluster counts as gone after `watch_failures` probes in a row fail: one slow
+        answer while the event loop is busy with large batches is not an outage.
+        """
+        failures = 0
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.watch_interval_s):
@@ -177,12 +184,17 @@ class KafkaBus:
             if self._broken.is_set():
                 return
             try:
-                async with asyncio.timeout(self.watch_interval_s):
+                async with asyncio.timeout(max(5.0, 2 * self.watch_interval_s)):
                     await producer.client.fetch_all_metadata()
             except _TRANSIENT as e:
-                self._last_error = f"kafka cluster unreachable: {e!r}"
-                log.warning("kafka unreachable", extra={"fields": {"error": self._last_error}})
-                return
+                failures += 1
+                if failures >= self.watch_failures:
+                    self._last_error = f"kafka cluster unreachable: {e!r}"
+                    log.warning("kafka unreachable", extra={"fields": {
+                        "error": self._last_error}})
+                    return
+            else:
+                failures = 0
 
     # -- producing ---------------------------------------------------------------------------
 
