@@ -179,6 +179,13 @@ class DeviceModel:
         self.events: list[tuple[str, int, str]] = []
         self.last_k = -1
 
+    def set_start(self, start_ms: int) -> None:
+        """Move tick 0 to `start_ms + phase` (only before the first tick): lets a fleet build
+        its models before it knows when sending starts."""
+        if self.last_k >= 0:
+            raise RuntimeError("the device has already ticked")
+        self.t0 = start_ms + self.spec.phase_ms
+
     def tick_ms(self, k: int) -> int:
         return self.t0 + round(k * self.period_ms)
 

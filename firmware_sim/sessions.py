@@ -85,6 +85,7 @@ class Sessions:
         #: device id → password, from target.credentials_file
         self._passwords: dict[str, str] = {}
         self._latency_add = self.stats.latency.add
+        self._t_enter = 0.0
 
     # ------------------------------------------------------------------ tasks
 
@@ -308,6 +309,7 @@ class Sessions:
             rt.attempted = True
             self._first_outcomes += 1
             if self._first_outcomes >= len(self.runtimes):
+                self.stats.connect_phase_s = asyncio.get_running_loop().time() - self._t_enter
                 self._all_attempted.set()
 
     def _drop(self, rt: DeviceRuntime, reason: str) -> None:
@@ -348,7 +350,6 @@ class Sessions:
                 e = rt.pending.popleft()
                 self._fail(rt, e, "no_ack" if e.attempts else
                            "not_connected" if rt.state != "up" else "not_sent")
-
 
     async def _close_links(self) -> None:
         links = [rt.link for rt in self.runtimes if rt.link is not None]

@@ -290,7 +290,6 @@ async def test_connects_are_paced_and_stop_ends_early() -> None:
         cfg = _cfg(port, devices=20, connect_rate=40.0)
         async with Fleet(cfg) as fleet:
             assert await fleet.wait_connected(10) == 20
-            assert fleet.stats.connect_phase_s == 0.0
             asyncio.get_running_loop().call_later(0.5, fleet.stop)
             s = await fleet.run(30.0)
     assert s["connect_phase_s"] >= 19 / 40 - 0.05
