@@ -49,6 +49,7 @@ class ChannelWorker:
         self._heap: list[tuple[int, int, Pending]] = []
         self._wake = asyncio.Event()
         self._marks: list[Mark] = []
+        self._flushing: set[asyncio.Task[None]] = set()
         self._inflight: list[Pending] = []
         self._idle = asyncio.Event()
         self._idle.set()
@@ -109,14 +110,14 @@ class ChannelWorker:
         while True:
             self._wake.clear()
             if not self._heap:
-                await self.flush()
+                self._flush_soon()
                 self._idle.set()
                 await self._wake.wait()
                 continue
             not_before = self._heap[0][0]
             wait_ms = not_before - self.clock.now_ms()
             if wait_ms > 0:
-                await self.flush()
+                self._flush_soon()
                 self._idle.set()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait_ms / 1000)
@@ -150,7 +151,7 @@ class ChannelWorker:
         finally:
             self._inflight = []
         if len(self._marks) >= MARK_BATCH:
-            await self.flush()
+            self._flush_soon()
 
     async def _failed(self, batch: list[Pending], exc: DeliveryFailed) -> None:
         self.outcomes["retried"] += len(batch)
@@ -167,7 +168,7 @@ class ChannelWorker:
         log.warning("alert delivery failed; retrying", extra={"fields": {
             "channel": self.name, "error": str(exc), "rows": len(batch),
             "attempt": retried[0].attempts, "retry_in_s": round(delay, 3)}})
-        await self.flush()
+        self._flush_soon()
         await asyncio.sleep(delay)
 
     def _dead(self, batch: list[Pending], error: str) -> None:
@@ -180,11 +181,25 @@ class ChannelWorker:
                 "channel": self.name, "error": error, "dedup_key": p.record.get("dedup_key"),
                 "transition": p.record.get("transition"), "outbox_id": p.outbox_id}})
 
-    async def flush(self) -> None:
-        """Write the outcomes gathered so far to the store."""
+    def _flush_soon(self) -> None:
+        """Write the outcomes gathered so far, in a task of its own: delivery never waits
+        for the store (which may be busy writing a snapshot).  Writes keep their order (the
+        store runs them one after another, in submission order)."""
         if not self._marks:
             return
         marks, self._marks = self._marks, []
+        task = asyncio.get_running_loop().create_task(self._write(marks),
+                                                      name=f"alerts-marks-{self.name}")
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def flush(self) -> None:
+        """Write every outcome gathered so far and wait for it."""
+        self._flush_soon()
+        if self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
+
+    async def _write(self, marks: list[Mark]) -> None:
         try:
             await self._persist(marks)
         except Exception:  # the rows stay pending: delivered again after a restart

@@ -5,7 +5,8 @@
 * `RecordingBroker` — the broker's `publish` / `subscribe_internal`, in memory: published
   messages, the retained ones, and `inject()` to play an operator's PUBLISH.
 * `feed(service, clock, seconds, values)` — drive a service without a ticker task
-  (`tick_s=None`) on a `FakeClock`: readings and a `step()` every 100 ms.
+  (`tick_s=None`) on a `FakeClock`: readings and a `step()` every 100 ms; `settle(service)`
+  waits for the MQTT and buffer channels to deliver what is due.
 * `wait_until(cond)` — poll a condition other tasks will make true, with a deadline.
 * `WebhookReceiver` — a real HTTP server on 127.0.0.1 (port 0) that records the JSON bodies
   it is sent and answers from a script of status codes (then 202); a script entry
@@ -38,16 +39,26 @@ async def wait_until(cond: Callable[[], bool], within_s: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
+async def settle(service: AlertService, channels: Sequence[str] = ("mqtt", "buffer"),
+                 within_s: float = 5.0) -> None:
+    """Wait until `channels` (those of them the service has) delivered everything due."""
+    workers = [w for name, w in service.outbox.workers.items() if name in channels]
+    await wait_until(lambda: all(w.depth(service.clock.now_ms()) == 0 for w in workers),
+                     within_s)
+
+
 async def feed(service: AlertService, clock: FakeClock, seconds: float,
                values: dict[str, float], *, measurement: str = "temperature") -> None:
     """`seconds` of 10 readings/s per device (`values`: device -> value), each followed by a
-    100 ms clock advance and one `service.step()`."""
+    100 ms clock advance and one `service.step()`; then `settle()` (the MQTT and buffer
+    channels delivered what the steps produced)."""
     for _ in range(round(seconds * 10)):
         now = clock.now_ms()
         service.observe([Reading(d, now, v, measurement=measurement, received_ms=now)
                          for d, v in values.items()])
         clock.advance(0.1)
         await service.step()
+    await settle(service)
 
 
 @dataclass

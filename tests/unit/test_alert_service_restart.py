@@ -3,6 +3,7 @@ forgets a firing alert nor fires it twice, and delivers what was pending."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
+from edge.model import Reading
 from edge.rules import parse_rules
 from edge.testing import FakeClock
 from gateway.alerts import AlertService, AlertSettings, AlertStore, WebhookTarget
-from gateway.alerts.store import encode_snapshot
+from gateway.alerts.store import Entry, Mark, encode_snapshot
 from gateway.alerts.testing import (
     RecordingBroker,
     RecordingSink,
@@ -217,3 +219,39 @@ async def test_reload_keeps_state_and_refuses_a_bad_file(start: Start, tmp_path:
     await life.feed(0.2, {})
     assert life.transitions()[-2:] == [("firing", 2), ("resolved", 2)]
     assert [s["reason"] for s in life.broker.states("alerts/")][-1] == "rule_removed"
+
+
+async def test_readings_during_a_snapshot_are_held_then_filed(start: Start) -> None:
+    life = await start()
+    await life.feed(0.5, {"oven-1": 60.0})
+    saving = asyncio.create_task(life.svc.save_snapshot())
+    await asyncio.sleep(0)                           # it pauses the engine, then waits
+    assert life.svc._paused
+    now = life.clock.now_ms()
+    life.svc.observe([Reading("oven-1", now, 99.0, received_ms=now)])
+    await saving
+    assert life.svc.stats()["snapshots"] == 1
+    await life.feed(1.5, {"oven-1": 60.0})
+    assert life.transitions() == [("firing", 1)]     # the held 99 °C reading counted
+
+
+def test_store_ids_are_never_reused_and_prune_keeps_what_is_needed(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "s.sqlite3")
+    try:
+        def rec(i: int) -> dict[str, Any]:
+            return {"dedup_key": "r:d", "transition": "firing", "at_ms": i}
+        first = store.commit([Entry(rec(1), (("mqtt", 0),)), Entry(rec(2), (("mqtt", 0),))])
+        assert [p.outbox_id for p in first] == [1, 2]
+        store.mark([Mark(1, "mqtt", "delivered", 1)])
+        store.commit([], snapshot=encode_snapshot({"version": 1}))   # covers 1 and 2
+        # 2 is still pending: only 1 may go
+        assert store.prune(older_than_ms=10**15, keep_rows=0) == 1
+        later = store.commit([Entry(rec(3), (("mqtt", 0),))])
+        assert [p.outbox_id for p in later] == [3]   # not 1 again
+        store.mark([Mark(2, "mqtt", "delivered", 1), Mark(3, "mqtt", "delivered", 1)])
+        assert store.prune(older_than_ms=10**15, keep_rows=0) == 1   # 3 is after the snapshot
+        loaded = store.load()
+        assert [r["at_ms"] for r in loaded.replay] == [3] and loaded.pending == []
+        assert store.counts() == {"mqtt": {"delivered": 1}}
+    finally:
+        store.close()
