@@ -31,7 +31,7 @@ group has read them (as with Kafka).  A consumer behind the retained start resum
 earliest record left.
 
 Throughput on the 2-core reference machine (tests/bench/cloud_ingest.py, --bus embedded):
-docs/cloud-ingest.md has the figures.
+docs/cloud-ingest.md has the figures (~60,000 readings/s with 20 gateways).
 """
 
 from __future__ import annotations
