@@ -1,0 +1,139 @@
+"""Readings as Arrow rows, and the Parquet encoding of the archive (pure: no I/O).
+
+Schema of every archive file (the directory adds `date` and `facility`):
+
+    device_id     string            dictionary-encoded
+    ts            timestamp[ms]     event time, UTC (no zone attached: DuckDB reads TIMESTAMP)
+    value         double
+    measurement   string            dictionary
+    unit          string            dictionary
+    line, zone    string (nullable) dictionary
+    quality       string            dictionary
+    battery       double (nullable)
+    seq           int64 (nullable)  the sensor's sequence number
+    received_ms   int64             when the gateway received it
+    sensor_ts_ms  int64 (nullable)  the sensor's claimed time when it was overridden for skew
+    flags         int32             edge.model FLAG_* bits
+    gateway       string            dictionary; the gateway that uplinked it
+    key           fixed_size_binary(16)   `Reading.idempotency_key()`: compaction de-duplicates
+                                          on it
+
+Rows of a file are sorted by device, then time (runs of one device compress well and DuckDB
+skips row groups by device statistics).  zstd; dictionaries for the strings; the
+monotonic-ish integer columns use DELTA_BINARY_PACKED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from edge.model import Reading
+
+__all__ = ["BUFFER_SCHEMA", "SCHEMA", "dedupe", "parquet_bytes", "partition_groups",
+           "readings_batch", "sort_rows"]
+
+SCHEMA = pa.schema([
+    ("device_id", pa.string()),
+    ("ts", pa.timestamp("ms")),
+    ("value", pa.float64()),
+    ("measurement", pa.string()),
+    ("unit", pa.string()),
+    ("line", pa.string()),
+    ("zone", pa.string()),
+    ("quality", pa.string()),
+    ("battery", pa.float64()),
+    ("seq", pa.int64()),
+    ("received_ms", pa.int64()),
+    ("sensor_ts_ms", pa.int64()),
+    ("flags", pa.int32()),
+    ("gateway", pa.string()),
+    ("key", pa.binary(16)),
+])
+#: what the sink buffers: the file schema plus the partition columns of each row
+BUFFER_SCHEMA = SCHEMA.append(pa.field("_day", pa.int32())).append(
+    pa.field("_facility", pa.string()))
+
+_DICTIONARY = ["device_id", "measurement", "unit", "line", "zone", "quality", "gateway"]
+_DELTA = {"ts": "DELTA_BINARY_PACKED", "received_ms": "DELTA_BINARY_PACKED",
+          "seq": "DELTA_BINARY_PACKED"}
+_DAY_MS = 86_400_000
+
+
+def readings_batch(readings: Sequence[Reading], gateway: str) -> pa.RecordBatch:
+    """The readings as one Arrow batch of BUFFER_SCHEMA (input order)."""
+    ts = [r.ts_ms for r in readings]
+    facility = [r.facility or None for r in readings]
+    columns = [
+        pa.array([r.device_id for r in readings], pa.string()),
+        pa.array(ts, pa.timestamp("ms")),
+        pa.array([r.value for r in readings], pa.float64()),
+        pa.array([r.measurement for r in readings], pa.string()),
+        pa.array([r.unit for r in readings], pa.string()),
+        pa.array([r.line for r in readings], pa.string()),
+        pa.array([r.zone for r in readings], pa.string()),
+        pa.array([r.quality for r in readings], pa.string()),
+        pa.array([r.battery_voltage for r in readings], pa.float64()),
+        pa.array([r.seq for r in readings], pa.int64()),
+        pa.array([r.received_ms for r in readings], pa.int64()),
+        pa.array([r.sensor_ts_ms for r in readings], pa.int64()),
+        pa.array([r.flags for r in readings], pa.int32()),
+        pa.array([gateway] * len(readings), pa.string()),
+        pa.array([r.idempotency_key() for r in readings], pa.binary(16)),
+        pa.array(np.floor_divide(np.asarray(ts, np.int64), _DAY_MS).astype(np.int32)),
+        pa.array(facility, pa.string()),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=BUFFER_SCHEMA)
+
+
+def sort_rows(table: pa.Table) -> pa.Table:
+    """Rows by device, then time (stable: equal rows keep their order)."""
+    return table.sort_by([("device_id", "ascending"), ("ts", "ascending")])
+
+
+def dedupe(table: pa.Table) -> pa.Table:
+    """The rows whose `key` has not been seen in an earlier row (the first copy wins)."""
+    if table.num_rows == 0:
+        return table
+    keys = table.column("key").combine_chunks()
+    if keys.null_count:
+        raise ValueError("the key column must not hold nulls")
+    raw = np.frombuffer(keys.buffers()[1], dtype=np.uint8,
+                        count=16 * len(keys), offset=16 * keys.offset).reshape(-1, 16)
+    _, first = np.unique(raw, axis=0, return_index=True)
+    if len(first) == table.num_rows:
+        return table
+    first.sort()
+    return table.take(pa.array(first))
+
+
+def parquet_bytes(table: pa.Table, *, compression_level: int = 6,
+                  row_group_size: int = 1 << 20) -> bytes:
+    """`table` (SCHEMA columns) encoded as an archive Parquet file."""
+    table = table.select(SCHEMA.names).cast(SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", compression_level=compression_level,
+                   use_dictionary=_DICTIONARY, column_encoding=_DELTA,
+                   row_group_size=row_group_size, write_statistics=True,
+                   store_schema=False)
+    return bytes(sink.getvalue())
+
+
+def partition_groups(table: pa.Table) -> list[tuple[int, str | None, pa.Table]]:
+    """A BUFFER_SCHEMA table split by (day, facility), each part without those columns."""
+    out = []
+    days = table.column("_day")
+    facilities = table.column("_facility")
+    pairs = pa.table({"d": days, "f": facilities}).group_by(["d", "f"]).aggregate([])
+    for day, facility in zip(pairs.column("d").to_pylist(), pairs.column("f").to_pylist()):
+        same_fac = pc.is_null(facilities) if facility is None else \
+            pc.equal(facilities, pa.scalar(facility, pa.string()))
+        mask = pc.and_(pc.equal(days, pa.scalar(day, pa.int32())),
+                       pc.fill_null(same_fac, False))
+        part = table.filter(mask).select(SCHEMA.names)
+        out.append((int(day), facility, part))
+    return sorted(out, key=lambda x: (x[0], x[1] or ""))
