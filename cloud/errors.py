@@ -8,6 +8,12 @@
     ├── FatalError ────── AuthFailed          bad signature, expired timestamp, replay: 401
     │                  │                       (edge.signing.AuthError says which, by reason)
     │                  ├── UnknownTopic        produced to a topic the bus does not have
+    │                  ├── PointRejected       a store refused one item (InfluxDB 4xx such as
+    │                  │                       a field type conflict, or a value line protocol
+    │                  │                       cannot carry): dead-letter it, go on
+    │                  ├── SinkMisconfigured   the store refuses every write for a reason only
+    │                  │                       configuration can fix (credentials, missing
+    │                  │                       permission): the sink stops, commits nothing
     │                  └── (edge) DecodeError, ValidationError, ConfigError: 4xx, dead letter
     └── PartialError                           some records of a batch were rejected
 """
@@ -26,8 +32,8 @@ from edge.errors import (
 
 __all__ = [
     "AuthFailed", "BrokerUnavailable", "ConfigError", "ConsumerFenced", "DecodeError",
-    "FatalError", "FieldlinkError", "PartialError", "RetriableError", "SinkUnavailable",
-    "UnknownTopic", "ValidationError",
+    "FatalError", "FieldlinkError", "PartialError", "PointRejected", "RetriableError",
+    "SinkMisconfigured", "SinkUnavailable", "UnknownTopic", "ValidationError",
 ]
 
 
@@ -53,3 +59,20 @@ class UnknownTopic(FatalError):
     """The topic does not exist on the bus (ensure_topics was not run for it)."""
 
     reason = "unknown_topic"
+
+
+class PointRejected(FatalError):
+    """A store refused one item, or it cannot be expressed in the store's format.
+
+    `reason` says why ("field_type_conflict", "rejected", "unrepresentable", ...); the sink
+    dead-letters the item with it and carries on with the rest.
+    """
+
+    reason = "point_rejected"
+
+
+class SinkMisconfigured(FatalError):
+    """The store refuses every write (401/403: credentials or permissions); retrying the same
+    request cannot help, so the sink stops without committing."""
+
+    reason = "sink_misconfigured"
