@@ -10,6 +10,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("cloud.checkconfig:main", "validate cloud.yaml and exit"),
     "ingest": ("cloud.ingest.app:main", "receive signed gateway batches and produce them to "
                                         "the bus"),
+    "sink": ("cloud.sinks.cli:main", "consume the bus into InfluxDB (influxdb) or the Parquet "
+                                     "archive (parquet)"),
+    "archive": ("cloud.archive.cli:main", "Parquet archive upkeep: compact, expire, stats"),
+    "query": ("cloud.archive.query:main", "run SQL (DuckDB) over the Parquet archive"),
 }
 
 
