@@ -76,7 +76,8 @@ class MqttStateChannel:
     name = "mqtt"
     max_batch = 1
 
-    def __init__(self, broker: Publisher, prefix: str, gateway_id: str) -> None:
+    def __init__(self, broker: Publisher | None, prefix: str, gateway_id: str) -> None:
+        #: None until the broker runs (`AlertService.attach_mqtt`); the workers are held
         self.broker = broker
         self.prefix = prefix
         self.gateway_id = gateway_id
@@ -90,6 +91,8 @@ class MqttStateChannel:
             self.latest[topic] = outbox_id
 
     async def deliver(self, items: Sequence[Pending]) -> str:
+        if self.broker is None:
+            raise DeliveryFailed("the MQTT broker is not running")
         for item in items:
             rec = item.record
             try:
@@ -111,13 +114,16 @@ class MqttClearChannel:
         return self.state.latest.get(state_topic(self.state.prefix, record), 0) > outbox_id
 
     async def deliver(self, items: Sequence[Pending]) -> str:
+        broker = self.state.broker
+        if broker is None:
+            raise DeliveryFailed("the MQTT broker is not running")
         outcome = SUPERSEDED
         for item in items:
             if self.is_superseded(item.outbox_id, item.record):
                 continue
             try:
-                self.state.broker.publish(state_topic(self.state.prefix, item.record), b"",
-                                          retain=True, qos=1)
+                broker.publish(state_topic(self.state.prefix, item.record), b"", retain=True,
+                               qos=1)
             except ValueError as exc:
                 raise DeliveryRejected(str(exc)) from None
             outcome = DELIVERED

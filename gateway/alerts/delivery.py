@@ -53,6 +53,8 @@ class ChannelWorker:
         self._inflight: list[Pending] = []
         self._idle = asyncio.Event()
         self._idle.set()
+        self._released = asyncio.Event()
+        self._released.set()
         #: outcome -> rows ("delivered", "dead", "superseded") and failed attempts ("retried")
         self.outcomes: Counter[str] = Counter()
         self.last_error: str | None = None
@@ -60,6 +62,18 @@ class ChannelWorker:
     @property
     def name(self) -> str:
         return self.channel.name
+
+    def hold(self) -> None:
+        """Deliver nothing until `release()` (the channel's peer is not there yet); rows
+        keep queueing."""
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    @property
+    def held(self) -> bool:
+        return not self._released.is_set()
 
     def add(self, items: Iterable[Pending]) -> None:
         for item in items:
@@ -87,14 +101,14 @@ class ChannelWorker:
         """Wait until nothing due is left, at most `grace_s`; True if drained."""
         loop = asyncio.get_running_loop()
         end = loop.time() + grace_s
-        while self.depth(self.clock.now_ms()):
+        while self.depth(self.clock.now_ms()) and self._released.is_set():
             left = end - loop.time()
             if left <= 0:
                 return False
             self._idle.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), min(left, 0.05))
-        return True
+        return not self.depth(self.clock.now_ms())
 
     # -- the task ---------------------------------------------------------------------------
 
@@ -108,6 +122,9 @@ class ChannelWorker:
 
     async def _next_batch(self) -> list[Pending]:
         while True:
+            if not self._released.is_set():
+                self._flush_soon()
+                await self._released.wait()
             self._wake.clear()
             if not self._heap:
                 self._flush_soon()

@@ -92,6 +92,7 @@ log = logging.getLogger("fieldlink.gateway.alerts")
 #: a lull: no window closed for this long — the moment for an expensive snapshot
 LULL_S = 1.0
 PRUNE_EVERY_S = 600.0
+MQTT_CHANNELS = ("mqtt", "mqtt-clear")
 
 
 class MqttBroker(Publisher, Protocol):
@@ -192,14 +193,16 @@ class AlertService:
             loaded = await self.outbox.open()
             self._engine = await self.outbox.io(self._restore, ruleset, loaded)
             await self.outbox.start(self._channels(), loaded)
+            for name in MQTT_CHANNELS:
+                if name in self.outbox.workers:
+                    self.outbox.workers[name].hold()
         except BaseException:
             await self.outbox.close()
             raise
         self._started_mono = self._last_snapshot = self.clock.monotonic()
         self._dirty = bool(loaded.replay)
         if self.mqtt is not None:
-            self._ack_sub = self.mqtt.subscribe_internal(
-                f"{self.settings.topic_prefix}ack/#", MqttAcks(self))
+            self.attach_mqtt(self.mqtt)
         loop = asyncio.get_running_loop()
         for w in self.outbox.workers.values():
             self._spawn(loop, w.run(), f"alerts-deliver-{w.name}")
@@ -246,11 +249,38 @@ class AlertService:
             self.counters["restore_failed"] += 1
         return engine
 
+    def attach_mqtt(self, broker: MqttBroker) -> None:
+        """The broker runs: start publishing alert states (pending ones first) and take
+        acknowledgements from ``<prefix>ack/#``.  Call after `MqttServer.__aenter__` (which
+        loads the retained messages a state published earlier would be overwritten by)."""
+        state = self.outbox.mqtt_state
+        if state is None:
+            raise RuntimeError("MQTT delivery is off (settings.mqtt_delivery)")
+        self.mqtt = broker
+        state.broker = broker
+        if self._ack_sub is None:
+            self._ack_sub = broker.subscribe_internal(f"{self.settings.topic_prefix}ack/#",
+                                                      MqttAcks(self))
+        for name in MQTT_CHANNELS:
+            self.outbox.workers[name].release()
+
+    def detach_mqtt(self) -> None:
+        """The broker is about to stop: hold the MQTT channels (their rows stay pending and
+        are published after the next start) and stop taking acknowledgements."""
+        if self._ack_sub is not None:
+            self._ack_sub.cancel()
+            self._ack_sub = None
+        for name in MQTT_CHANNELS:
+            if name in self.outbox.workers:
+                self.outbox.workers[name].hold()
+        if self.outbox.mqtt_state is not None:
+            self.outbox.mqtt_state.broker = None
+
     def _channels(self) -> list[Channel]:
         s = self.settings
         channels: list[Channel] = []
-        if self.mqtt is not None:
-            state = MqttStateChannel(self.mqtt, s.topic_prefix, s.gateway_id)
+        if self.mqtt is not None or s.mqtt_delivery:
+            state = MqttStateChannel(None, s.topic_prefix, s.gateway_id)
             channels += [state, MqttClearChannel(state)]
         if self.buffer is not None:
             channels.append(BufferChannel(self.buffer))
@@ -268,8 +298,9 @@ class AlertService:
         the channels `shutdown_grace_s` to deliver, close the file."""
         if self._engine is None or self._aborted:
             return
-        if self._ack_sub is not None:
+        if self._ack_sub is not None:  # no acknowledgements while shutting down
             self._ack_sub.cancel()
+            self._ack_sub = None
         ticker = [t for t in self._tasks if t.get_name() == "alerts-ticker"]
         for t in ticker:
             t.cancel()

@@ -51,6 +51,8 @@ class AlertSettings:
     #: state topics are <prefix><severity>/<rule_id>/<device_id>; acks <prefix>ack/<dedup_key>
     topic_prefix: str = "alerts/"
     webhooks: tuple[WebhookTarget, ...] = ()
+    #: publish alert states on the embedded broker (its channels wait for `attach_mqtt`)
+    mqtt_delivery: bool = True
     #: period of engine.advance (window closes, stale and gateway rules); None: no ticker
     #: task, the owner calls `AlertService.step()` (tests)
     tick_s: float | None = 0.1
@@ -85,4 +87,4 @@ class AlertSettings:
                                     timeout_s=h.timeout_s) for h in a.webhooks)
         return cls(state_path=cfg.gateway.data_dir / "alerts.sqlite3", rules_file=rules,
                    gateway_id=cfg.gateway.id, topic_prefix=a.mqtt_topic_prefix,
-                   webhooks=hooks)
+                   webhooks=hooks, mqtt_delivery=cfg.mqtt.enabled)

@@ -41,8 +41,10 @@ async def wait_until(cond: Callable[[], bool], within_s: float = 5.0) -> None:
 
 async def settle(service: AlertService, channels: Sequence[str] = ("mqtt", "buffer"),
                  within_s: float = 5.0) -> None:
-    """Wait until `channels` (those of them the service has) delivered everything due."""
-    workers = [w for name, w in service.outbox.workers.items() if name in channels]
+    """Wait until `channels` (those of them the service has and does not hold) delivered
+    everything due."""
+    workers = [w for name, w in service.outbox.workers.items()
+               if name in channels and not w.held]
     await wait_until(lambda: all(w.depth(service.clock.now_ms()) == 0 for w in workers),
                      within_s)
 

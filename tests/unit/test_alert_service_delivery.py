@@ -206,3 +206,25 @@ async def test_outbox_rows_are_on_disk_before_delivery(make: Make, tmp_path: Pat
     finally:
         store.close()
     assert set(counts) == {"mqtt", "buffer"}
+
+
+async def test_mqtt_channels_wait_for_the_broker_to_be_attached(tmp_path: Path) -> None:
+    clock = FakeClock(wall_ms=T0)
+    svc = AlertService(settings(tmp_path), buffer=RecordingSink(), clock=clock, ruleset=RULES)
+    async with svc:
+        await feed(svc, clock, 1.5, {"oven-1": 95.0})
+        assert svc.stats()["outbox_depth"] == 1          # the MQTT row waits
+        broker = RecordingBroker()
+        svc.attach_mqtt(broker)
+        await wait_until(lambda: bool(broker.states()))
+        assert [s["state"] for s in broker.states()] == ["firing"]
+        assert len(broker.subscriptions) == 1            # acks are taken from now on
+        svc.detach_mqtt()                                # the broker is stopping
+        assert broker.subscriptions == []
+        await feed(svc, clock, 2.0, {"oven-1": 60.0})
+        assert [s["state"] for s in broker.states()] == ["firing"]
+        assert svc.stats()["outbox_depth"] == 1          # the resolution is kept
+        again = RecordingBroker()
+        svc.attach_mqtt(again)
+        await wait_until(lambda: bool(again.states()))
+        assert [s["state"] for s in again.states()] == ["resolved"]
