@@ -15,11 +15,12 @@ numbers) and readings repeated inside one batch.  Identity is the one of
 `edge.model.Reading.idempotency_key` (device, measurement and seq — or sensor time and value
 when there is no seq), kept as a 64-bit hash: ~70 bytes per key.  Horizon: the last
 `capacity / 2` to `capacity` readings of each gateway (two generations of capacity/2; default
-capacity 100,000: a minute or more of a busy gateway, many batches beyond any retry).  Keys
-are remembered only once their batch was produced, so a batch that failed (503) is not
-mistaken for a duplicate when retried.  The state is lost on restart: the sinks' key de-duplication is the guarantee, this only saves bus
-and sink work.  A 64-bit hash collision would drop a reading; at 10^5 keys per gateway the
-chance is ~10^-14 per reading.
+capacity 50,000: 25+ batches of 1,000, well past the few a gateway re-sends after a crash;
+small tables also stay in the CPU cache, which the per-reading lookups feel).  Keys are
+remembered only once their batch was produced, so a batch that failed (503) is not mistaken
+for a duplicate when retried.  The state is lost on restart: the sinks' key de-duplication
+is the guarantee, this only saves bus and sink work.  A 64-bit hash collision would drop a
+reading; at 5x10^4 keys per gateway the chance is ~10^-15 per reading.
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ def reading_identity(r: Reading) -> int:
 class RecentKeys:
     """Recently produced reading identities per gateway; see the module docstring."""
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = 50_000) -> None:
         if capacity < 2:
             raise ValueError("capacity must be at least 2")
         self.capacity = capacity

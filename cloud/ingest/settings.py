@@ -67,7 +67,7 @@ class IngestSettings:
     #: forget batches produced longer ago than this (the gateway never retries that late)
     ledger_horizon_ms: int = 7 * 86_400_000
     #: reading identities remembered per gateway (see cloud.ingest.dedup.RecentKeys)
-    recent_keys: int = 100_000
+    recent_keys: int = 50_000
     #: seconds a 503 asks the gateway to wait before retrying
     retry_after_s: int = 5
     #: requests in progress at shutdown get this long to finish
