@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from edge.backoff import Backoff
 from edge.clock import Clock
 from edge.rules import AlertTransition
-from gateway.alerts.channels import Channel, MqttStateChannel
+from gateway.alerts.channels import Channel, MqttStateChannel, Publisher
 from gateway.alerts.delivery import ChannelWorker
 from gateway.alerts.formats import log_fields
 from gateway.alerts.store import DEAD, AlertStore, Entry, Loaded, Mark, Pending, encode_snapshot
@@ -37,6 +37,7 @@ log = logging.getLogger("fieldlink.gateway.alerts")
 
 T = TypeVar("T")
 CLEAR = "mqtt-clear"
+MQTT_CHANNELS = ("mqtt", CLEAR)
 
 
 class Outbox:
@@ -86,6 +87,8 @@ class Outbox:
                     self.mqtt_state.note(newer_id, rec)
         for name, worker in self.workers.items():
             worker.add(p for p in loaded.pending if p.channel == name)
+        if self.mqtt_state is not None and self.mqtt_state.broker is None:
+            self.detach_mqtt()  # until the broker runs
         orphans = [p for p in loaded.pending if p.channel not in self.workers]
         if orphans:
             self.orphaned += len(orphans)
@@ -96,6 +99,21 @@ class Outbox:
             await self.io(self.store.mark, [
                 Mark(p.outbox_id, p.channel, DEAD, p.attempts, "channel no longer configured")
                 for p in orphans])
+
+    def attach_mqtt(self, broker: Publisher) -> None:
+        if self.mqtt_state is None:
+            raise RuntimeError("MQTT delivery is off (AlertSettings.mqtt_delivery)")
+        self.mqtt_state.broker = broker
+        for name in MQTT_CHANNELS:
+            self.workers[name].release()
+
+    def detach_mqtt(self) -> None:
+        """Hold the MQTT channels: their rows stay pending until `attach_mqtt`."""
+        for name in MQTT_CHANNELS:
+            if name in self.workers:
+                self.workers[name].hold()
+        if self.mqtt_state is not None:
+            self.mqtt_state.broker = None
 
     # -- commit ---------------------------------------------------------------------------
 

@@ -71,6 +71,7 @@ from edge.rules import (
 from edge.windows import WindowResult
 from edge.windows.aggregate import compute_batch
 from gateway.alerts.aggregates import AggregateForwarder
+from gateway.alerts.cadence import SnapshotCadence
 from gateway.alerts.channels import (
     BufferChannel,
     Channel,
@@ -92,7 +93,6 @@ log = logging.getLogger("fieldlink.gateway.alerts")
 #: a lull: no window closed for this long — the moment for an expensive snapshot
 LULL_S = 1.0
 PRUNE_EVERY_S = 600.0
-MQTT_CHANNELS = ("mqtt", "mqtt-clear")
 
 
 class MqttBroker(Publisher, Protocol):
@@ -151,10 +151,8 @@ class AlertService:
         #: (advance now_ms, clock after advance, windows closed, transitions) of recent ticks
         #: that produced something — how long the engine itself took to close windows
         self.ticks: deque[tuple[int, int, int, int]] = deque(maxlen=1000)
-        self._dirty = False
-        self._last_snapshot = float("-inf")
-        self._last_close = float("-inf")
-        self._snapshot_every = settings.snapshot_interval_s
+        self.cadence = SnapshotCadence(settings.snapshot_interval_s, settings.snapshot_cpu_share,
+                                       LULL_S)
         self._last_tick = float("-inf")
         self._started_mono = 0.0
         # counters (see stats())
@@ -193,14 +191,11 @@ class AlertService:
             loaded = await self.outbox.open()
             self._engine = await self.outbox.io(self._restore, ruleset, loaded)
             await self.outbox.start(self._channels(), loaded)
-            for name in MQTT_CHANNELS:
-                if name in self.outbox.workers:
-                    self.outbox.workers[name].hold()
         except BaseException:
             await self.outbox.close()
             raise
-        self._started_mono = self._last_snapshot = self.clock.monotonic()
-        self._dirty = bool(loaded.replay)
+        self._started_mono = self.cadence.last_s = self.clock.monotonic()
+        self.cadence.dirty = bool(loaded.replay)
         if self.mqtt is not None:
             self.attach_mqtt(self.mqtt)
         loop = asyncio.get_running_loop()
@@ -253,16 +248,11 @@ class AlertService:
         """The broker runs: start publishing alert states (pending ones first) and take
         acknowledgements from ``<prefix>ack/#``.  Call after `MqttServer.__aenter__` (which
         loads the retained messages a state published earlier would be overwritten by)."""
-        state = self.outbox.mqtt_state
-        if state is None:
-            raise RuntimeError("MQTT delivery is off (settings.mqtt_delivery)")
         self.mqtt = broker
-        state.broker = broker
+        self.outbox.attach_mqtt(broker)
         if self._ack_sub is None:
             self._ack_sub = broker.subscribe_internal(f"{self.settings.topic_prefix}ack/#",
                                                       MqttAcks(self))
-        for name in MQTT_CHANNELS:
-            self.outbox.workers[name].release()
 
     def detach_mqtt(self) -> None:
         """The broker is about to stop: hold the MQTT channels (their rows stay pending and
@@ -270,11 +260,7 @@ class AlertService:
         if self._ack_sub is not None:
             self._ack_sub.cancel()
             self._ack_sub = None
-        for name in MQTT_CHANNELS:
-            if name in self.outbox.workers:
-                self.outbox.workers[name].hold()
-        if self.outbox.mqtt_state is not None:
-            self.outbox.mqtt_state.broker = None
+        self.outbox.detach_mqtt()
 
     def _channels(self) -> list[Channel]:
         s = self.settings
@@ -352,7 +338,7 @@ class AlertService:
         if self._paused:
             self._deferred.append(readings)
             return
-        self._dirty = True
+        self.cadence.dirty = True
         t0 = _cpu() if self.settings.measure_cpu else 0.0
         for r in readings:
             out = eng.observe(r, r.received_ms or None)
@@ -421,7 +407,7 @@ class AlertService:
 
     def _absorb(self, out: Output) -> None:
         """Take an output that did not come from `step` (a reload)."""
-        self._dirty = True
+        self.cadence.changed()
         self._collected.extend(out.transitions)
         for late in out.late:
             self.late[late.reason] += 1
@@ -429,8 +415,7 @@ class AlertService:
             self._absorb_aggregates(out.aggregates)
 
     def _absorb_aggregates(self, aggregates: Sequence[WindowResult]) -> None:
-        self._dirty = True
-        self._last_close = self.clock.monotonic()
+        self.cadence.closed(self.clock.monotonic())
         for res in aggregates:
             self.windows_closed[res.closed_by] += 1
         if self._forwarder is not None:
@@ -484,15 +469,10 @@ class AlertService:
             self.reload()
 
     def _snapshot_done(self, cpu_s: float, size: int) -> None:
-        s = self.settings
-        self._last_snapshot = self.clock.monotonic()
-        self._dirty = False
-        # keep the snapshot's CPU under its share of a core: stretch the interval if needed
-        self._snapshot_every = max(s.snapshot_interval_s, cpu_s / max(s.snapshot_cpu_share,
-                                                                      1e-6))
+        self.cadence.taken(self.clock.monotonic(), cpu_s)
         self.counters["snapshots"] += 1
         self.snapshot_info = {"cpu_ms": round(cpu_s * 1000, 1), "bytes": size,
-                              "interval_s": round(self._snapshot_every, 1),
+                              "interval_s": round(self.cadence.every_s, 1),
                               "at_ms": self.clock.now_ms()}
 
     async def save_snapshot(self) -> None:
@@ -500,13 +480,8 @@ class AlertService:
         await self.commit(snapshot=True)
 
     async def _maybe_snapshot(self) -> None:
-        now = self.clock.monotonic()
-        since = now - self._last_snapshot
-        if not self._dirty or since < self._snapshot_every:
-            return
-        if now - self._last_close < LULL_S and since < 3 * self._snapshot_every:
-            return  # windows are closing right now: wait for the lull, within reason
-        await self.save_snapshot()
+        if self.cadence.due(self.clock.monotonic()):
+            await self.save_snapshot()
 
     async def _maintenance(self) -> None:
         s = self.settings
@@ -533,7 +508,7 @@ class AlertService:
             return None
         self.acks[source] += 1
         self._collected.append(t)
-        self._dirty = True
+        self.cadence.changed()
         await self.commit()
         return t
 
@@ -566,14 +541,11 @@ class AlertService:
         result = self._engine.replace_rules(ruleset)
         self._absorb(result.output)
         self.reloads["ok"] += 1
+        changes = ("rules_added", "rules_removed", "windows_kept", "windows_restarted",
+                   "windows_added", "windows_removed")
         log.info("rules reloaded", extra={"fields": {
-            "rules": len(ruleset.rules), "rules_added": list(result.rules_added),
-            "rules_removed": list(result.rules_removed),
-            "windows_kept": list(result.windows_kept),
-            "windows_restarted": list(result.windows_restarted),
-            "windows_added": list(result.windows_added),
-            "windows_removed": list(result.windows_removed),
-            "resolved": len(result.output.transitions)}})
+            "rules": len(ruleset.rules), "resolved": len(result.output.transitions),
+            **{name: list(getattr(result, name)) for name in changes}}})
         return True
 
     # -- status ------------------------------------------------------------------------------
