@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                      "archive (parquet)"),
     "archive": ("cloud.archive.cli:main", "Parquet archive upkeep: compact, expire, stats"),
     "query": ("cloud.archive.query:main", "run SQL (DuckDB) over the Parquet archive"),
+    "web": ("cloud.web.app:main", "serve the dashboard (fleet, charts, live alerts); "
+                                  "`web users add|remove|list` manages its accounts"),
 }
 
 
