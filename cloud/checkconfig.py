@@ -43,8 +43,8 @@ def summary(cfg: CloudConfig) -> str:
     ingest, kafka, influx = cfg.ingest, cfg.kafka, cfg.influxdb
     parts = [f"ingest {ingest.host}:{ingest.port} ({len(ingest.gateways)} gateway(s)"
              f"{', tls' if ingest.tls.enabled else ''})"]
-    local = "" if kafka.bootstrap_servers else " (single-machine default)"
-    parts.append(f"kafka {','.join(kafka.bootstrap())}{local}, compression "
+    where = "embedded bus (no Kafka)" if kafka.embedded else "kafka " + ",".join(kafka.bootstrap())
+    parts.append(f"{where}, compression "
                  f"{kafka.compression}, key {kafka.key}")
     if influx.enabled:
         where = (f"database {influx.database}" if influx.api == "v1"

@@ -11,9 +11,10 @@ Secrets (`pydantic.SecretStr`, overridable from the environment):
   whole map; its value is `id=secret[,id=secret...]` or a JSON object.
 * `influxdb.token` — `FIELDLINK_INFLUXDB__TOKEN`.
 
-Kafka: an empty `kafka.bootstrap_servers` means the single-machine broker that
-`deploy/local/services/kafka.sh` runs on `LOCAL_KAFKA` (127.0.0.1:19092); `bootstrap()`
-returns the effective list.  `acks` is not a choice: ingest answers 2xx only after every
+Kafka: an empty `kafka.bootstrap_servers` means no Kafka at all: the cloud tier runs on its
+embedded single-machine bus (`cloud.bus.embedded`, an append-only SQLite log in
+`cloud.data_dir` shared by the ingest and sink processes).  `embedded` says which.  The local
+test broker that `deploy/local/services/kafka.sh` runs is on `LOCAL_KAFKA` (127.0.0.1:19092).  `acks` is not a choice: ingest answers 2xx only after every
 in-sync replica has the batch, so it is fixed to "all".
 """
 
@@ -183,7 +184,12 @@ class KafkaSection(StrictModel):
         return v
 
     def bootstrap(self) -> list[str]:
-        return list(self.bootstrap_servers) or [LOCAL_KAFKA]
+        return list(self.bootstrap_servers)
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: the embedded single-machine bus is used."""
+        return not self.bootstrap_servers
 
 
 _DURATION = re.compile(r"(?:\d+(?:ns|us|µs|ms|s|m|h|d|w))+|INF|0", re.IGNORECASE)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from edge.config import load_config
-from edge.config.cloud import LOCAL_KAFKA, CloudConfig, load_cloud_config
+from edge.config.cloud import CloudConfig, load_cloud_config
 from edge.config.gateway import GatewayConfig, load_gateway_config
 from edge.errors import ConfigError
 from edge.payload.decode import Limits
@@ -137,7 +137,7 @@ def test_empty_gateway_file_without_secret_names_the_env_variable(tmp_path) -> N
 def test_empty_cloud_file(tmp_path: pathlib.Path) -> None:
     cfg = load_cloud_config(write(tmp_path, "{}"), environ={})
     assert cfg.ingest.port == 8700 and cfg.ingest.gateways == {}
-    assert cfg.kafka.bootstrap() == [LOCAL_KAFKA] and cfg.kafka.acks == "all"
+    assert cfg.kafka.embedded and cfg.kafka.bootstrap() == [] and cfg.kafka.acks == "all"
     assert cfg.influxdb.retention == "7d" and cfg.influxdb.batch_size == 5000
     assert cfg.archive.path == "/var/lib/fieldlink/cloud/archive"
 
