@@ -70,6 +70,7 @@ log = logging.getLogger("fieldlink.cloud.clicks")
 
 SNIPPET = Path(__file__).with_name("snippet.js")
 _MAX_DEADLETTER_BODY = 64 * 1024
+_ENCODINGS = frozenset({"identity", "gzip", "deflate", "br"})
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,9 @@ class CollectorMetrics:
                                 registry=registry)
         self.pii = Counter("clicks_pii_removed", "Personal data removed before storage, by "
                            "kind (key, email, phone)", ["kind"], registry=registry)
+        self.encodings = Counter("clicks_request_encodings", "Batch requests by "
+                                 "Content-Encoding (identity, gzip, deflate, br)",
+                                 ["encoding"], registry=registry)
         self.produce = Histogram("clicks_produce_seconds", "Time until the bus acknowledged a "
                                  "batch's records", registry=registry)
 
@@ -265,6 +269,8 @@ class ClickCollector:
             self.metrics.rejected.labels("bad_encoding").inc()
             return self._answer(request, 400, {"success": False, "error": "bad_encoding",
                                                "detail": f"cannot decode the body: {e}"})
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        self.metrics.encodings.labels(encoding if encoding in _ENCODINGS else "other").inc()
         now = self.clock.now_ms()
         key = _basic_user(request.headers.get("Authorization"))
         try:
