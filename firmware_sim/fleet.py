@@ -85,7 +85,8 @@ class Fleet(Sessions):
                 self._ledger = LedgerWriter(self.ledger_path)
                 await self._ledger.open({"seed": cfg.seed, "devices": len(self.specs),
                                          "config": cfg.model_dump(mode="json",
-                                                                  exclude={"target"})})
+                                                                  exclude={"target"})},
+                                        self.specs)
             protocols = {s.protocol for s in self.specs}
             if SimProtocol.COAP in protocols:
                 from firmware_sim.coap import CoapClient

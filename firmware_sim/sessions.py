@@ -198,7 +198,7 @@ class Sessions:
         e.failure = reason
         self.stats.failed[reason] += 1
         if self._ledger is not None:
-            self._ledger.record(e, rt.spec)
+            self._ledger.record(e)
         self._resolved()
 
     # ------------------------------------------------------------------ LinkEvents
@@ -209,7 +209,7 @@ class Sessions:
         self.stats.acknowledged += 1
         self._latency_add((time.monotonic() - e.sent_mono) * 1000.0)
         if self._ledger is not None:
-            self._ledger.record(e, rt.spec)
+            self._ledger.record(e)
         self._outstanding -= 1
         if self._draining and self._outstanding <= 0:
             self._drained.set()
@@ -219,7 +219,7 @@ class Sessions:
     def link_sent(self, rt: DeviceRuntime, e: Emission) -> None:
         self.stats.unconfirmed += 1
         if self._ledger is not None:
-            self._ledger.record(e, rt.spec)
+            self._ledger.record(e)
         self._resolved()
 
     def link_failed(self, rt: DeviceRuntime, e: Emission, reason: str) -> None:

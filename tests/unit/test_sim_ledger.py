@@ -33,7 +33,7 @@ def _e(seq: int, *, acked: bool = True, expect: str = "stored", faults: str = ""
 async def test_rows_round_trip_and_expectations(tmp_path) -> None:
     path = tmp_path / "ledger.sqlite"
     w = LedgerWriter(path, flush_rows=3)
-    await w.open({"seed": 5, "config": {"a": 1}})
+    await w.open({"seed": 5, "config": {"a": 1}}, [SPEC])
     rows = [_e(0), _e(1), _e(1, expect="duplicate", faults="duplicate"),
             _e(2, expect="rejected", faults="malformed:bad_json"),
             _e(3, acked=False, failure="no_ack"),
@@ -42,7 +42,7 @@ async def test_rows_round_trip_and_expectations(tmp_path) -> None:
             _e(6, acked=False, faults="late", failure="no_ack"),
             _e(6, expect="duplicate", faults="duplicate")]
     for e in rows:
-        w.record(e, SPEC)
+        w.record(e)
     w.event(SPEC.device_id, "stale", 1234, "30 ticks")
     await w.close({"summary": {"sent": 8}})
 
@@ -67,9 +67,9 @@ async def test_rows_round_trip_and_expectations(tmp_path) -> None:
 async def test_batches_flush_while_running(tmp_path) -> None:
     path = tmp_path / "l.sqlite"
     w = LedgerWriter(path, flush_rows=100)
-    await w.open({})
+    await w.open({}, [SPEC])
     for i in range(250):
-        w.record(_e(i), SPEC)
+        w.record(_e(i))
     await asyncio.sleep(0.2)
     # two batches went to the worker on their own; a reader sees them while the run goes on
     with Ledger.open(path) as led:
