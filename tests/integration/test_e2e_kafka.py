@@ -439,6 +439,7 @@ def test_sim_to_kafka_through_outages_and_a_gateway_kill(
 def _gateway_main(config: str) -> int:
     """`fieldlink gateway run --config CONFIG`, with the uplink wired into the gateway's
     `_start_optional` hook when `gateway.app.Gateway` does not wire it itself."""
+    import gateway.app as app
     from edge.config.gateway import load_gateway_config
     from edge.logs import setup_logging
     from gateway.app import Gateway
@@ -461,16 +462,9 @@ def _gateway_main(config: str) -> int:
 
     cfg = load_gateway_config(config)
     setup_logging(cfg.logging.level, json_lines=cfg.logging.json_lines)
-
-    async def run() -> int:
-        loop = asyncio.get_running_loop()
-        async with UplinkGateway(cfg) as gw:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, gw.stop)
-            await gw.wait()
-        return 0
-
-    return asyncio.run(run())
+    # gateway.app.run (signals, sd_notify) builds `Gateway`: let it build this one
+    app.Gateway = UplinkGateway  # type: ignore[misc]
+    return asyncio.run(app.run(cfg))
 
 
 if __name__ == "__main__":
