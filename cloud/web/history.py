@@ -9,9 +9,10 @@ Each point of a chart is one bucket: `[t_ms, min, max, mean, p95, count]` of the
 
 Which store answers (`plan`, pure):
 
-* the boundary is `now - retention + margin`, rounded down to a bucket edge: InfluxDB holds
+* the boundary is `now - retention + margin`, rounded up to a bucket edge: InfluxDB holds
   everything after it (retention deletes whole shard groups, so a little more is there too),
-  the archive holds everything before it (it lags the bus by a file roll, minutes);
+  the archive holds everything before it (it lags the bus by a file roll, minutes, and the
+  boundary is at least `retention - margin - bucket` in the past);
 * a range after the boundary is read from InfluxDB only, a range before it from the archive
   only, and a range that straddles it from both — the archive for the buckets before the
   boundary, InfluxDB for the rest (`merge`), so no bucket is counted twice or split.
@@ -72,7 +73,7 @@ def plan(start_ms: int, end_ms: int, now_ms: int, retention_ms: int | None, *,
     if retention_ms is None or not archive:
         return Plan(bucket, None, None, (start, end))
     edge = now_ms - retention_ms + min(margin_ms, retention_ms // 2)
-    boundary = edge - edge % bucket
+    boundary = edge + (-edge) % bucket  # up: InfluxDB must hold the whole first bucket
     if boundary <= start:
         return Plan(bucket, boundary, None, (start, end))
     if boundary >= end:

@@ -144,7 +144,9 @@ class _Collector:
 
 class WebService:
     def __init__(self, settings: WebSettings, bus: Any, *, clock: Clock | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, influx: Any = None) -> None:
+        """`influx`: a reader to use instead of an `InfluxReader` of `settings.influx` (the
+        seam unit tests put a fake InfluxDB in)."""
         self.settings = settings
         self.bus = bus
         self.clock = clock or SystemClock()
@@ -155,7 +157,7 @@ class WebService:
         self.guard: Guard | None = None
         self.api: Api | None = None
         self.feed: AlertFeed | None = None
-        self.influx: InfluxReader | None = None
+        self.influx: Any = influx
         self.archive: ArchiveReader | None = None
         self.http: ServiceHttp | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -181,9 +183,11 @@ class WebService:
         await asyncio.to_thread(self.store.open, self.clock.now_ms())
         self._stack.callback(self.store.close)
         self.board.load_acks(self.store.acks())
-        if s.influx is None:
-            raise ConfigError("web", [("influxdb", "the dashboard needs an InfluxDB target")])
-        self.influx = await self._stack.enter_async_context(InfluxReader(s.influx))
+        if self.influx is None:
+            if s.influx is None:
+                raise ConfigError("web", [("influxdb", "the dashboard needs an InfluxDB "
+                                                       "target")])
+            self.influx = await self._stack.enter_async_context(InfluxReader(s.influx))
         if s.archive_root:
             self.archive = ArchiveReader(s.archive_root)
             self._stack.callback(self.archive.close)

@@ -196,7 +196,13 @@ def status_body(p: Parts, now_ms: int, meter: RateMeter) -> dict[str, Any]:
 
 
 def plain(obj: Any) -> Any:
-    """A stats dataclass as a dict (JSON-ready); anything else unchanged."""
+    """A stats snapshot as plain dicts and lists (JSON-ready): dataclasses and mappings
+    (Counter included: `dataclasses.asdict` would rebuild a Counter from its items) become
+    dicts, recursively."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
     return obj
