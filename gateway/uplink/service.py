@@ -164,6 +164,19 @@ class Uplink:
     # -- dispatch ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        while not self.stopping:
+            try:
+                await self._run_once()
+                return
+            except Exception:
+                # a bug: whatever was in flight was cancelled and stays claimed, so starting
+                # over from the pending claims resends it identically
+                self.counts["internal_errors"] += 1
+                log.exception("uplink failed; starting over from the pending claims")
+                if not await self._nap(max(1.0, self.backoff.next_delay())):
+                    return
+
+    async def _run_once(self) -> None:
         async with asyncio.TaskGroup() as tg:
             pending = await self._pending_claims()
             self.counts["resent_at_start"] = len(pending)

@@ -79,7 +79,11 @@ class UplinkSettings:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             problems.append(("url", f"{self.url!r} is not an http(s) URL with a host"))
         if not self.gateway_id:
-            problems.append(("gateway_id", "must not be empty"))
+            problems.append(("gateway.id", "must not be empty"))
+        elif any(c in self.gateway_id for c in ".\r\n") or len(self.gateway_id.encode()) > 255:
+            # "." separates the signed fields of edge.signing; a frame holds <= 255 bytes
+            problems.append(("gateway.id", "cannot sign batches: use at most 255 bytes and no "
+                                           "'.'"))
         if len(self.secret) < 16:
             problems.append(("gateway_secret", "must be at least 16 bytes"))
         if not 1 <= self.batch_max_records <= 100_000:
@@ -104,7 +108,8 @@ class UplinkSettings:
             problems.append(("tls.certfile", "a client certificate needs both certfile and "
                                              "keyfile"))
         if problems:
-            raise ConfigError("uplink settings", [(f"uplink.{k}", v) for k, v in problems])
+            raise ConfigError("uplink settings", [
+                (k if k.startswith("gateway.") else f"uplink.{k}", v) for k, v in problems])
 
     @property
     def endpoint(self) -> str:

@@ -223,5 +223,8 @@ def test_settings_refuse_nonsense_with_every_problem() -> None:
         UplinkSettings(url="ftp://x", gateway_id="", secret=b"short", max_in_flight=0,
                        certfile=Path("c.pem"))
     keys = {k for k, _ in err.value.problems}
-    assert keys == {"uplink.url", "uplink.gateway_id", "uplink.gateway_secret",
+    assert keys == {"uplink.url", "gateway.id", "uplink.gateway_secret",
                     "uplink.max_in_flight", "uplink.tls.certfile"}
+    for bad_id in ("gw.1", "é" * 128):
+        with pytest.raises(ConfigError, match="gateway.id"):
+            UplinkSettings(url="http://h:1", gateway_id=bad_id, secret=b"x" * 16)

@@ -423,3 +423,43 @@ async def test_two_in_flight_acks_may_complete_out_of_order(tmp_path: Path) -> N
         assert first < second
         assert [b.sequence for b in cloud.order] == [second, first]
         assert st.batches_sent == 2 and st.readings_sent == 200
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+async def test_a_row_the_codec_refuses_is_dead_lettered_and_the_rest_sent(
+        tmp_path: Path) -> None:
+    async with fake_ingest() as cloud, _buffer(tmp_path / "b.sqlite3") as buf:
+        good = _readings(10)
+        # the pipeline never stores such a reading; the buffer would (SQLite is typeless)
+        bad = Reading("dev-bad", T0, 1.0, battery_voltage="x", seq=99,  # type: ignore[arg-type]
+                      received_ms=good[0].received_ms)
+        await buf.append([*good[:5], bad, *good[5:]])
+        async with Uplink(buf, _settings(cloud.url)) as up:
+            await _until(lambda: _rows(buf) == 0)
+            st = up.stats()
+        assert cloud.readings() == good
+        assert (st.unencodable, st.readings_sent, st.batches_sent) == (1, 10, 1)
+        dls = await buf.dead_letters(reason="unencodable")
+        assert len(dls) == 1 and "wrong_type" in dls[0].detail and b"dev-bad" in dls[0].raw
+
+
+async def test_an_internal_failure_restarts_from_the_pending_claims(tmp_path: Path) -> None:
+    async with fake_ingest() as cloud, _buffer(tmp_path / "b.sqlite3") as buf:
+        await buf.append(_readings(30))
+        real = buf.pending_claims
+        calls = 0
+
+        async def flaky() -> list[Any]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("injected")
+            return await real()
+
+        buf.pending_claims = flaky  # type: ignore[method-assign]
+        async with Uplink(buf, _settings(cloud.url)) as up:
+            await _until(lambda: _rows(buf) == 0, 10)
+            st = up.stats()
+        assert calls == 2 and st.internal_errors == 1 and st.readings_sent == 30
