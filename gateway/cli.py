@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("gateway.checkconfig:main", "validate gateway.yaml / rules.yaml and exit"),
     "devices": ("gateway.auth.cli:main", "manage sensor and operator credentials"),
     "queue": ("gateway.buffer.cli:main", "inspect and manage the store-and-forward buffer"),
+    "alerts": ("gateway.alerts.cli:main", "list / acknowledge alerts"),
 }
 
 

@@ -137,9 +137,19 @@ def _locked(fn: F) -> F:
 
 
 class AlertStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        """`readonly` opens an existing file without changing it (the CLI, while the gateway
+        runs); FileNotFoundError if there is none."""
         self.path = str(path)
         self._lock = threading.Lock()
+        if readonly:
+            if not Path(self.path).is_file():
+                raise FileNotFoundError(self.path)
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                       isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._sync: str | None = None
+            return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -151,7 +161,7 @@ class AlertStore:
                              f"gateway understands ({SCHEMA_VERSION})")
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._sync: str | None = None
+        self._sync = None
 
     @_locked
     def close(self) -> None:
