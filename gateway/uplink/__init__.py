@@ -8,7 +8,7 @@ exactly once by idempotency (docs/uplink.md).
         uplink.down_since_ms    # for the alert engine's uplink_down rule
 
 Guarantees: a batch is deleted from the buffer only after ingest answered 200 (or refused it
-for good with 400/422, after a local dead-letter copy); an unanswered batch is resent with the
+for good with 400, after a local dead-letter copy); an unanswered batch is resent with the
 same sequence number and the same bytes, also after a crash; batches of an earlier run go
 first, in sequence order.
 

@@ -21,7 +21,7 @@ class UplinkStats:
     batches_duplicate: int = 0
     #: attempts that got no usable answer or a retriable / held status (each one counted)
     batches_failed: int = 0
-    #: batches the cloud refused for good (400/422, or 413 for a single row): dead-lettered
+    #: batches the cloud refused for good (400, or 413 for a single row): dead-lettered
     #: locally and removed from the buffer
     batches_rejected: int = 0
     #: batches released after a 413 to go out again in smaller batches

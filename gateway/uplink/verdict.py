@@ -4,7 +4,7 @@ docs/uplink.md is this module).
     status / event            action   the batch                     the link (breaker)
     200                       ACK      rows deleted (`duplicate`:    up
                                        the cloud already had it)
-    400, 422                  REJECT   the cloud dead-lettered it:   up
+    400                       REJECT   the cloud dead-lettered it:   up
                                        a local dead-letter copy,
                                        then its rows are deleted
     413                       SPLIT    released; its rows go out     up
@@ -12,16 +12,17 @@ docs/uplink.md is this module).
     408, 429, 5xx             RETRY    resent identically after      failure
                                        backoff / Retry-After
     timeout, connection       RETRY    resent identically            failure
-    error, TLS error
+    error, TLS error, a 200
+    that is not ingest's JSON
     401, 403, 404, 405, 415,  HOLD     kept and resent identically   failure
-    other 4xx, 1xx/3xx                 after backoff: a gateway or
+    other 4xx, other 2xx, 3xx          after backoff: a gateway or
                                        cloud misconfiguration (wrong
                                        secret, clock, URL) must not
                                        cost data; counted by status
                                        and logged as an error
 
 Never is a batch deleted without either the cloud's 200 or the cloud's statement that it
-kept the batch itself (400/422: ingest dead-letters the frame before it answers).
+kept the batch itself (400: ingest dead-letters the frame before it answers).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Verdict:
     detail: str = ""
 
 
-REJECT_STATUSES = frozenset({400, 422})
+REJECT_STATUSES = frozenset({400})
 RETRY_STATUSES = frozenset({408, 429})
 
 

@@ -28,7 +28,7 @@ NOW_MS = 1_705_322_445_000
     (200, {"duplicate": False}, Action.ACK, True),
     (200, {"duplicate": True}, Action.ACK, True),
     (400, {"error": "checksum_mismatch"}, Action.REJECT, True),
-    (422, {"error": "invalid"}, Action.REJECT, True),
+    (422, {"error": "invalid"}, Action.HOLD, False),
     (413, {"error": "too_large"}, Action.SPLIT, True),
     (503, {"error": "broker_unavailable"}, Action.RETRY, False),
     (500, None, Action.RETRY, False),
