@@ -13,7 +13,7 @@ outbox.
   buffer (priority class above raw readings: never evicted, sent first).  Batched; the
   buffer de-duplicates by the event key, so a retry after a crash stores nothing twice.
 
-The log channel is not here: the service logs each transition when it is committed.
+The log channel is not here: `gateway.alerts.outbox` logs each transition when it is committed.
 """
 
 from __future__ import annotations

@@ -1,13 +1,17 @@
 """`AlertService`: the gateway's local alerts — the `AlertEngine` driven, persisted, delivered.
 
-    service = AlertService(AlertSettings.from_config(cfg), buffer=buffer, mqtt=mqtt_server,
+    service = AlertService(AlertSettings.from_config(cfg), buffer=buffer,
                            auth=authenticator, status=gateway_status)
     async with service:                              # restores state, starts the tasks
         pipeline.add_observer(service.observe)       # every committed reading
         http.add_routes(service.routes())            # GET /alerts, POST /alerts/{key}/ack
         metrics.register_source("alerts", service.stats, kind="alerts")
         loop.add_signal_handler(signal.SIGHUP, service.reload)
-        ...                                          # until SIGTERM: leaving saves state
+        async with mqtt_server:
+            service.attach_mqtt(mqtt_server)         # MQTT states flow, MQTT acks taken
+            ...                                      # until SIGTERM
+            service.detach_mqtt()                    # before the broker stops
+                                                     # leaving: final snapshot, drain
 
 Who calls what: the pipeline calls `observe(readings)` (synchronous, cheap: the engine files
 the readings; nothing else happens on that path).  The ticker task (`alerts-ticker`) calls
