@@ -90,6 +90,8 @@ class Gateway:
         self.serial: Any = None
         self.http: Any = None
         self.auth: Any = None
+        self.uplink: Any = None
+        self.alerts: Any = None
         self.components: dict[str, Any] = {}
         self._reloaders: list[Callable[[], Any]] = []
 
@@ -172,7 +174,20 @@ class Gateway:
         return auth
 
     async def _start_optional(self) -> None:
-        """Hooks for components that observe or drain the pipeline (alerts, uplink)."""
+        """Components that observe the pipeline (alerts) or drain the buffer (uplink)."""
+        cfg = self.config
+        if cfg.uplink.enabled:
+            from gateway.uplink import Uplink, UplinkSettings
+
+            assert self.buffer is not None
+            self.uplink = Uplink(self.buffer, UplinkSettings.from_config(cfg), clock=self.clock)
+            await self._stack.enter_async_context(self.uplink)
+            self.components["uplink"] = self.uplink
+            self.metrics.register_source("uplink", self.uplink.stats, kind="uplink")
+            if self.http is not None:
+                # a cloud outage makes /healthz say so, but never feeds the systemd watchdog:
+                # the gateway must keep buffering, not restart
+                self.http.add_health_check("uplink", self.uplink.health)
 
     async def _start_ingress(self) -> None:
         cfg = self.config
