@@ -7,7 +7,8 @@
 * `apply_transitions` (`journal`): committed transitions replayed onto a snapshot (restart).
 * channels (`channels`), the per-channel delivery task (`delivery`), the wire formats
   (`formats`: MQTT state, PagerDuty Events v2, generic webhook), the aggregates' way to
-  the buffer (`aggregates`), the outbox (`outbox`), MQTT acks and HTTP routes (`operators`).
+  the buffer (`aggregates`), the outbox (`outbox`), MQTT acks and HTTP routes (`operators`),
+  when to snapshot (`cadence`), stats and health (`status`), the CLI (`cli`), fakes (`testing`).
 
 docs/alerts.md ("Delivery") describes topics, bodies, retries and the restart guarantee.
 """

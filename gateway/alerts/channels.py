@@ -57,6 +57,13 @@ class Publisher(Protocol):
                 qos: int = 1) -> int: ...
 
 
+class MqttBroker(Publisher, Protocol):
+    """`gateway.mqtt.MqttServer` as the alert service uses it (acks: `subscribe_internal`)."""
+
+    def subscribe_internal(self, flt: str, callback: Callable[[Any], Any], *,
+                           retained: bool = False) -> Any: ...
+
+
 class EventSink(Protocol):
     """What the alert service needs of the buffer (`gateway.buffer.Buffer`)."""
 

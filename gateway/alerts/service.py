@@ -55,7 +55,7 @@ from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 
@@ -80,15 +80,16 @@ from gateway.alerts.channels import (
     BufferChannel,
     Channel,
     EventSink,
+    MqttBroker,
     MqttClearChannel,
     MqttStateChannel,
-    Publisher,
     WebhookChannel,
 )
 from gateway.alerts.journal import restore_engine
 from gateway.alerts.operators import MqttAcks, alert_routes
 from gateway.alerts.outbox import Outbox
 from gateway.alerts.settings import AlertSettings
+from gateway.alerts.status import service_health, service_stats
 from gateway.alerts.store import Loaded
 
 log = logging.getLogger("fieldlink.gateway.alerts")
@@ -97,13 +98,6 @@ log = logging.getLogger("fieldlink.gateway.alerts")
 #: a lull: no window closed for this long — the moment for an expensive snapshot
 LULL_S = 1.0
 PRUNE_EVERY_S = 600.0
-
-
-class MqttBroker(Publisher, Protocol):
-    """`gateway.mqtt.MqttServer` as the alert service uses it."""
-
-    def subscribe_internal(self, flt: str, callback: Callable[[Any], Any], *,
-                           retained: bool = False) -> Any: ...
 
 
 def _cpu() -> float:
@@ -157,8 +151,8 @@ class AlertService:
         self.ticks: deque[tuple[int, int, int, int]] = deque(maxlen=1000)
         self.cadence = SnapshotCadence(settings.snapshot_interval_s, settings.snapshot_cpu_share,
                                        LULL_S)
-        self._last_tick = float("-inf")
-        self._started_mono = 0.0
+        self.last_tick = float("-inf")
+        self.started_mono = 0.0
         # counters (see stats())
         self.late: Counter[str] = Counter()
         self.windows_closed: Counter[str] = Counter()
@@ -173,6 +167,10 @@ class AlertService:
     @property
     def running(self) -> bool:
         return self._engine is not None
+
+    @property
+    def aggregates_pending(self) -> int:
+        return len(self._forwarder or ())
 
     @property
     def engine(self) -> AlertEngine:
@@ -198,7 +196,7 @@ class AlertService:
         except BaseException:
             await self.outbox.close()
             raise
-        self._started_mono = self.cadence.last_s = self.clock.monotonic()
+        self.started_mono = self.cadence.last_s = self.clock.monotonic()
         self.cadence.dirty = bool(loaded.replay)
         if self.mqtt is not None:
             self.attach_mqtt(self.mqtt)
@@ -376,7 +374,7 @@ class AlertService:
         out = eng.advance(now, status)
         if self.settings.measure_cpu:
             self.engine_cpu_s += _cpu() - t0
-        self._last_tick = self.clock.monotonic()
+        self.last_tick = self.clock.monotonic()
         if out:
             self.ticks.append((now, self.clock.now_ms(), len(out.aggregates),
                                len(out.transitions)))
@@ -395,6 +393,7 @@ class AlertService:
     async def _ticker(self, period: float) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
+        last_error = float("-inf")
         while True:
             next_at += period
             delay = next_at - loop.time()
@@ -406,8 +405,13 @@ class AlertService:
             try:
                 await self.step()
             except Exception:
+                # e.g. a full disk: the transitions stay queued and every tick retries;
+                # say so once per 10 s, not ten times a second
                 self.counters["step_errors"] += 1
-                log.exception("alert tick failed")
+                if loop.time() - last_error >= 10.0:
+                    last_error = loop.time()
+                    log.exception("alert tick failed; retried every tick", extra={
+                        "fields": {"step_errors": self.counters["step_errors"]}})
 
     def _absorb(self, out: Output) -> None:
         """Take an output that did not come from `step` (a reload)."""
@@ -559,39 +563,13 @@ class AlertService:
         return await self.outbox.recent(limit)
 
     def stats(self) -> dict[str, Any]:
-        """Counters and gauges; field names follow `gateway.http.metrics` kind "alerts"."""
-        now = self.clock.now_ms()
-        active = self.engine.active_alerts() if self._engine is not None else []
-        firing: Counter[str] = Counter()
-        acked: Counter[str] = Counter()
-        for a in active:
-            (firing if a["state"] == "firing" else acked)[a["severity"]] += 1
-        return {
-            "firing": sum(firing.values()), "acknowledged": sum(acked.values()),
-            "firing_by_severity": dict(firing), "acknowledged_by_severity": dict(acked),
-            **self.outbox.stats(now),
-            "late": dict(self.late), "windows_closed": sum(self.windows_closed.values()),
-            "windows_closed_by": dict(self.windows_closed),
-            "rule_reloads": {"ok": self.reloads["ok"], "failed": self.reloads["failed"]},
-            "acks": dict(self.acks),
-            "aggregates_pending": len(self._forwarder or ()),
-            "engine_cpu_s": round(self.engine_cpu_s, 4),
-            "snapshot": dict(self.snapshot_info),
-            "orphaned_deliveries": self.outbox.orphaned,
-            **{k: v for k, v in self.counters.items()},
-        }
+        """Counters and gauges; field names follow `gateway.http.metrics` kind "alerts"
+        (`gateway.alerts.status`)."""
+        return service_stats(self)
 
     def health(self) -> tuple[bool, str]:
         """Healthy while the ticker runs (a tick within the last 2 s) and the file is open."""
-        if self._engine is None or self.outbox.store is None:
-            return False, "not running"
-        if self.settings.tick_s is not None:
-            since = self.clock.monotonic() - max(self._last_tick, self._started_mono)
-            if since > 2.0:
-                return False, f"no alert tick for {since:.1f} s"
-        s = self.stats()
-        return True, (f"{s['firing']} firing, {s['acknowledged']} acknowledged, outbox "
-                      f"{s['outbox_depth']} pending")
+        return service_health(self)
 
     def routes(self) -> list[Any]:
         """aiohttp routes for `GatewayHttp.add_routes`: GET /alerts, POST /alerts/{key}/ack."""
