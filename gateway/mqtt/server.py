@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Callable
@@ -93,6 +94,8 @@ class MqttServer:
         loop = asyncio.get_running_loop()
         self.broker.loop = loop
         s = self.settings
+        if s.tune_gc:
+            tune_gc()
         self._load_retained()
         try:
             server = await loop.create_server(lambda: MqttConnection(self.broker, "tcp"),
@@ -239,6 +242,29 @@ class MqttServer:
         except BaseException:
             retained.dirty = True
             raise
+
+
+#: youngest-generation threshold while the broker runs (CPython's default is 700)
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the device path.
+
+    Every PUBLISH in flight is a few GC-tracked objects (task, coroutine, ack slot).  With
+    CPython's default threshold (a young collection every 700 net allocations), a second's
+    burst of 10,000 PUBLISHes triggers collections that find them all alive, promote them,
+    and soon force full collections of a heap holding 10,000 connections: measured here, the
+    collector then took over half the broker's CPU and the acknowledgement latency ran away.
+    With 50,000, in-flight PUBLISHes are freed by reference counting long before a young
+    collection runs.  Freezing the start-up heap (modules, config) keeps it out of every
+    later full collection.  Idempotent; only ever raises the threshold.
+    """
+    gen0, gen1, gen2 = gc.get_threshold()
+    if gen0 < GC_GEN0_THRESHOLD:
+        gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+    gc.collect()
+    gc.freeze()
 
 
 def _write_atomic(path: str, data: bytes) -> None:

@@ -88,3 +88,6 @@ class MqttSettings:
     session_expiry_s: float = 7 * 24 * 3600.0
     #: at shutdown, how long in-flight PUBLISHes may take to commit and be acknowledged
     shutdown_grace_s: float = 5.0
+    #: at start, collect and freeze the heap and raise the cyclic collector's youngest
+    #: threshold (process-wide; see docs/mqtt-ingest.md "Garbage collection")
+    tune_gc: bool = True
