@@ -176,6 +176,21 @@ class Gateway:
     async def _start_optional(self) -> None:
         """Components that observe the pipeline (alerts) or drain the buffer (uplink)."""
         cfg = self.config
+        from gateway.alerts import AlertService, AlertSettings
+
+        assert self.buffer is not None and self.pipeline is not None
+        self.alerts = AlertService(AlertSettings.from_config(cfg), buffer=self.buffer,
+                                   auth=self.auth, status=self._gateway_status,
+                                   clock=self.clock)
+        await self._stack.enter_async_context(self.alerts)
+        self.components["alerts"] = self.alerts
+        self.pipeline.add_observer(self.alerts.observe)
+        self.metrics.register_source("alerts", self.alerts.stats, kind="alerts")
+        if self.http is not None:
+            self.http.add_routes(self.alerts.routes())
+            self.http.add_health_check("alerts", self.alerts.health)
+        self._reloaders.append(self.alerts.reload)
+
         if cfg.uplink.enabled:
             from gateway.uplink import Uplink, UplinkSettings
 
@@ -198,6 +213,10 @@ class Gateway:
             self.mqtt = MqttServer(mqtt_settings(cfg), ingest=self.pipeline, auth=self.auth,
                                    clock=self.clock)
             await self._stack.enter_async_context(self.mqtt)
+            # alert state is published only once the broker has reloaded its retained store;
+            # the callback runs before the broker stops
+            self.alerts.attach_mqtt(self.mqtt)
+            self._stack.callback(self.alerts.detach_mqtt)
             self.metrics.register_source("mqtt", self.mqtt.stats, kind="mqtt")
             self.components["mqtt"] = self.mqtt
         if cfg.coap.enabled:
@@ -225,6 +244,16 @@ class Gateway:
             self.metrics.register_source("serial", self.serial.stats, kind="serial")
             if self.http is not None:
                 self.http.add_health_check("serial", self.serial.health)
+
+    def _gateway_status(self) -> Any:
+        """What the gateway-level alert rules see (buffer fill, uplink down since)."""
+        from edge.rules import GatewayStatus
+
+        assert self.buffer is not None
+        st = self.buffer.stats()
+        return GatewayStatus(
+            buffer_fill_ratio=st.disk_bytes / st.max_bytes if st.max_bytes else 0.0,
+            uplink_down_since_ms=self.uplink.down_since_ms if self.uplink is not None else None)
 
     def _buffer_health(self) -> tuple[bool, str]:
         assert self.buffer is not None

@@ -141,6 +141,20 @@ FAMILIES: dict[str, Family] = {
     "alerts_firing": Family("gauge", "Alerts currently firing"),
     "alert_transitions": Family("counter", "Alert state transitions, by new state", ("to",)),
     "alert_notifications_failed": Family("counter", "Alert deliveries that failed"),
+    "alerts_active": Family("gauge", "Active alerts, by severity and state",
+                            ("severity", "state")),
+    "alert_deliveries": Family("counter", "Alert notifications by channel and outcome",
+                               ("channel", "outcome")),
+    "alert_outbox_depth": Family("gauge", "Alert notifications not yet delivered"),
+    "alert_outbox_oldest_age_seconds": Family(
+        "gauge", "Age of the oldest undelivered alert notification"),
+    "alert_late_readings": Family("counter",
+                                  "Readings a window family did not absorb, by reason",
+                                  ("reason",)),
+    "alert_windows_closed": Family("counter", "Windows closed, by what closed them",
+                                   ("closed_by",)),
+    "alert_rule_reloads": Family("counter", "Rule reloads, by outcome", ("outcome",)),
+    "alert_acks": Family("counter", "Operator acknowledgements, by source", ("source",)),
     # pipeline (decode → buffer), all protocols
     "pipeline_payloads": Family("counter", "Payloads handed to the pipeline", ("protocol",)),
     "pipeline_readings_stored": Family("counter", "Readings committed to the buffer",
@@ -279,6 +293,15 @@ ALERTS_FIELDS: list[Field] = [
     F(("firing", "alerts_firing"), "alerts_firing"),
     F("transitions", "alert_transitions", key="to"),
     F("notifications_failed", "alert_notifications_failed"),
+    F("firing_by_severity", "alerts_active", key="severity", state="firing"),
+    F("acknowledged_by_severity", "alerts_active", key="severity", state="acknowledged"),
+    F("deliveries", "alert_deliveries", key=("channel", "outcome")),
+    F("outbox_depth", "alert_outbox_depth"),
+    F("outbox_oldest_age_ms", "alert_outbox_oldest_age_seconds", scale=0.001),
+    F("late", "alert_late_readings", key="reason"),
+    F("windows_closed_by", "alert_windows_closed", key="closed_by"),
+    F("rule_reloads", "alert_rule_reloads", key="outcome"),
+    F("acks", "alert_acks", key="source"),
 ]
 
 PIPELINE_FIELDS: list[Field] = [

@@ -59,6 +59,8 @@ buffer:
   commit_interval_ms: 5
 uplink:
   enabled: false
+alerts:
+  rules_file: {ROOT / "config" / "rules.yaml"}
 http:
   host: 127.0.0.1
   port: {ports["http"]}
