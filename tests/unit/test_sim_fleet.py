@@ -187,7 +187,7 @@ async def test_devices_of_different_rates_keep_their_own_schedules() -> None:
            {d: [e.payload for e in es] for d, es in expected.items() if es}
     assert s["generated"] == sum(len(es) for es in expected.values())
     assert sum(len(v) for d, v in expected.items() if d.startswith("quick")) == 50
-    assert s["max_lag_s"] < 1.0
+    assert s["max_lag_s"] < 2.0
 
 
 async def test_withheld_acks_fail_as_no_ack_after_the_drain(tmp_path) -> None:
