@@ -278,3 +278,18 @@ async def test_poison_records_are_dead_lettered_and_skipped(
     assert d.header("fl-batch") == b"gw-0:99" and d.header("fl-origin", ) is not None
     assert service.metrics.value("fieldlink_sink_deadletters_total",
                                  reason=d.header("fl-reason").decode()) == 1  # type: ignore[union-attr]
+
+
+async def test_a_reading_delivered_twice_within_a_roll_is_written_once(
+        bus: EmbeddedBus, store: ArchiveStore) -> None:
+    produced = await _produce(bus, range(4))
+    await _produce(bus, range(2))  # the same readings again (a retried batch)
+    service, _ = _sink(bus, store, roll_seconds=3600)
+    async with service:
+        await _until(lambda: service.loop is not None and service.loop.caught_up
+                     and service.sink.buffered == 600)
+    keys = _archive_keys(store)
+    assert sorted(keys) == sorted(r.idempotency_key() for r in produced)
+    m = service.metrics
+    assert m.value("fieldlink_sink_items_total", kind="duplicate") == 200
+    assert m.value("fieldlink_sink_items_total", kind="reading") == 400

@@ -12,7 +12,9 @@ readings, one file (`cloud.archive.layout`):
 
     date=<day>/facility=<facility>/part-<t>-<p>-<first>-<last>.parquet
 
-rows sorted by device then time; then the loop commits offset last + 1.
+rows sorted by device then time; readings delivered twice within the roll (the same
+idempotency key: ingest's de-duplication is best-effort) are written once
+(`items_total{kind="duplicate"}`); then the loop commits offset last + 1.
 
 Why no reading is ever lost or stored twice:
 
@@ -32,7 +34,7 @@ never sees one reading twice — with one exception: a group member that lost it
 to a rebalance while stalled between its rename and its (refused) commit can publish a file
 after the new owner re-wrote that range.  `cloud.archive.compact` removes such duplicates
 (it de-duplicates on the idempotency key).  Duplicates that ingest let through (the same
-reading in two batches) are removed the same way.
+reading in two batches, further apart than one roll) are removed the same way.
 
 Dead letters: an undecodable record is dead-lettered by the loop.  Events in a readings
 record are not archived (aggregates and alerts live in InfluxDB): they are counted as
@@ -55,6 +57,7 @@ import pyarrow as pa
 from cloud.archive.layout import TMP, parse_data_file, part_name, partition_dir
 from cloud.archive.rows import (
     BUFFER_SCHEMA,
+    dedupe,
     parquet_bytes,
     partition_groups,
     readings_batch,
@@ -222,11 +225,12 @@ class ParquetSink:
                 del self._buffers[tp]
                 continue
             t0 = asyncio.get_running_loop().time()
-            written = await self._retry(self._roll, tp, buf)
+            written, duplicates = await self._retry(self._roll, tp, buf)
             # taken only now: a cancelled roll leaves the buffer for the next attempt
             self._buffers.pop(tp, None)
             offsets[tp] = buf.last + 1
-            self.metrics.items("reading", buf.rows)
+            self.metrics.items("reading", buf.rows - duplicates)
+            self.metrics.items("duplicate", duplicates)
             self.metrics.flushes.inc()
             self.metrics.flush_seconds.observe(asyncio.get_running_loop().time() - t0)
             file_bytes = sum(size for _, size in written)
@@ -240,13 +244,15 @@ class ParquetSink:
                 "bytes": file_bytes}})
         return offsets
 
-    def _roll(self, tp: TP, buf: _Buffer) -> list[tuple[str, int]]:
-        """Write the buffer's files (runs in a worker thread); [(relative path, bytes)]."""
+    def _roll(self, tp: TP, buf: _Buffer) -> tuple[list[tuple[str, int]], int]:
+        """Write the buffer's files (runs in a worker thread): ([(relative path, bytes)],
+        duplicates dropped)."""
         topic, partition = tp
         assert buf.first is not None
         if not buf.rows:
-            return []
-        table = pa.Table.from_batches(buf.batches, schema=BUFFER_SCHEMA)
+            return [], 0
+        table = dedupe(pa.Table.from_batches(buf.batches, schema=BUFFER_SCHEMA))
+        duplicates = buf.rows - table.num_rows
         name = part_name(topic, partition, buf.first, buf.last)
         written = []
         for day, facility, part in partition_groups(table):
@@ -262,7 +268,7 @@ class ParquetSink:
                         "file": f"{rel_dir}/{other}", "by": name}})
             self.store.write_atomic(f"{rel_dir}/{name}", data)
             written.append((f"{rel_dir}/{name}", len(data)))
-        return written
+        return written, duplicates
 
     async def _retry(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run `fn(*args)` in a worker thread until it does not raise OSError."""
