@@ -138,7 +138,9 @@ class Api:
         self.known_gateways = list(known_gateways)
         self.offline_after_ms = offline_after_ms
         self.stopping = asyncio.Event()
-        self.heartbeat_s = 15.0
+        #: a comment line this often keeps proxies from closing an idle stream, and notices
+        #: a browser that went away (its subscription is dropped then)
+        self.heartbeat_s = 10.0
         self.counts: dict[str, int] = {"store_unavailable": 0, "acks": 0, "streams": 0}
 
     def routes(self) -> list[web.RouteDef]:
@@ -312,7 +314,8 @@ class Api:
                                                  return_when=asyncio.FIRST_COMPLETED)
                     if getter not in done:
                         getter.cancel()
-                    if stopping in done:
+                    if stopping in done or request.transport is None or \
+                            request.transport.is_closing():
                         break
                     if self.store.session(s.token_hash, self.clock.now_ms()) is None or \
                             not self.guard.users.exists(s.user):

@@ -61,7 +61,9 @@ log = logging.getLogger("fieldlink.cloud.web")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 _SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-                     "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+                     # "no-referrer" would make Chromium send `Origin: null` on form POSTs,
+                     # which the CSRF origin check must refuse
+                     "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin"}
 
 
 @dataclass(frozen=True)

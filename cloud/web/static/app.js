@@ -6,7 +6,8 @@
  * - fl.el(tag, attrs, children): builds DOM nodes; text always goes in as text, never as HTML,
  *   so a device id or alert message cannot inject markup.
  * - the live alert stream (server-sent events, /api/alerts/stream) is opened once per page;
- *   pages listen to the "fl:alerts" event ({type: "snapshot"|"update", data}).  EventSource
+ *   pages listen to the "fl:alerts" event ({type: "snapshot"|"update", data}); it opens at
+ *   DOMContentLoaded, after every page script registered its listener.  EventSource
  *   reconnects by itself; each reconnect starts with a fresh snapshot.
  */
 "use strict";
@@ -179,9 +180,10 @@ const fl = (() => {
     }
   }
 
-  document.addEventListener("DOMContentLoaded", () => { markNav(); });
-  const stream = openStream();
+  // The stream opens once every script of the page has run: a snapshot arriving earlier
+  // would be dispatched before the page script (loaded after this one) listens for it.
+  document.addEventListener("DOMContentLoaded", () => { markNav(); openStream(); });
 
-  return {api, post, el, fmtTime, ago, duration, num, sparkline, showBanner, stream,
+  return {api, post, el, fmtTime, ago, duration, num, sparkline, showBanner,
           get activeAlerts() { return lastActive; }};
 })();

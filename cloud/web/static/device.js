@@ -46,11 +46,19 @@
     return new uPlot(opts, data, chartEl);
   }
 
-  function columns(points) {
+  /* uPlot's columns; an empty bucket between two points becomes a null, so the lines break
+   * where there was no data (a gateway offline, a sensor silent) instead of bridging it. */
+  function columns(points, bucketMs) {
     const cols = [[], [], [], [], []];
+    let last = null;
     for (const p of points) {
+      if (last !== null && p[0] - last > bucketMs) {
+        cols[0].push((last + bucketMs) / 1000);
+        for (let i = 1; i < 5; i++) cols[i].push(null);
+      }
       cols[0].push(p[0] / 1000);
       cols[1].push(p[1]); cols[2].push(p[2]); cols[3].push(p[3]); cols[4].push(p[4]);
+      last = p[0];
     }
     return cols;
   }
@@ -77,7 +85,7 @@
     chartEl.dataset.bucketMs = String(body.bucket_ms);
     chartEl.dataset.startMs = String(body.start_ms);
     chartEl.dataset.endMs = String(body.end_ms);
-    const data = columns(body.points);
+    const data = columns(body.points, body.bucket_ms);
     if (!plot) plot = makePlot(data);
     else plot.setData(data);
     plot.setScale("x", {min: body.start_ms / 1000, max: body.end_ms / 1000});
