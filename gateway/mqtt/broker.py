@@ -231,13 +231,13 @@ class Broker:
         return len(targets)
 
     def route_reading(self, topic: str, topic_bytes: bytes, payload: bytes, qos: int,
-                      retain: bool) -> None:
+                      retain: bool, username: str | None) -> None:
         """Route a committed reading; it becomes its topic's retained message when the sensor
         flagged it or `retain_last_reading` is on."""
         if retain or self.settings.retain_last_reading:
             self.retained.put(topic, payload, qos)
         if self.tree.count:
-            self.route(Message(topic, payload, qos, retain, topic_bytes), store=False)
+            self.route(Message(topic, payload, qos, retain, topic_bytes, username), store=False)
 
     # -- the in-process API -----------------------------------------------------------------
 

@@ -149,8 +149,8 @@ class MqttConnection(asyncio.Protocol):
         will = self.will
         if will is not None and self.publish_will and not broker.closing:
             broker.counters.wills_published += 1
-            broker.route(Message(will.topic, will.payload, min(will.qos, 1), will.retain),
-                         store=will.retain)
+            broker.route(Message(will.topic, will.payload, min(will.qos, 1), will.retain,
+                                 username=self.username), store=will.retain)
         broker.detach(self, session)
 
     def pause_writing(self) -> None:
@@ -291,7 +291,8 @@ class MqttConnection(asyncio.Protocol):
                 self._ack(codec.pubrec(pid))  # already committed: answer again, no re-ingest
             return
         if topic.origin is None:
-            broker.route(Message(topic.name, payload, qos, retain, tkey), store=retain)
+            broker.route(Message(topic.name, payload, qos, retain, tkey, self.username),
+                         store=retain)
             self._answer_taken(qos, pid)
             return
         slot = [None]  # a QoS 2 reading
@@ -360,7 +361,7 @@ class MqttConnection(asyncio.Protocol):
             bump(counters.readings_rejected, outcome.rejected)
         else:
             counters.readings_accepted += 1
-            broker.route_reading(topic.name, tkey, payload, qos, retain)
+            broker.route_reading(topic.name, tkey, payload, qos, retain, self.username)
         if slot is None:
             return
         if qos == 1:

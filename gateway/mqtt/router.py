@@ -24,16 +24,22 @@ _PID = [i.to_bytes(2, "big") for i in range(65536)]
 
 
 class Message:
-    """One application message.  Encodes its PUBLISH header once per (qos, retain, dup)."""
+    """One application message.  Encodes its PUBLISH header once per (qos, retain, dup).
 
-    __slots__ = ("topic", "payload", "qos", "retain", "_topic_bytes", "_heads")
+    `retain` is the publisher's RETAIN flag (True for a stored retained message replayed to a
+    new subscription); `username` is the publishing client's account (None for the gateway's
+    own `publish`, anonymous clients and retained replays) — e.g. who acknowledged an alert.
+    """
+
+    __slots__ = ("topic", "payload", "qos", "retain", "username", "_topic_bytes", "_heads")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                 topic_bytes: bytes | None = None) -> None:
+                 topic_bytes: bytes | None = None, username: str | None = None) -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos
         self.retain = retain
+        self.username = username
         self._topic_bytes = topic_bytes
         self._heads: dict[int, bytes] | None = None
 

@@ -323,8 +323,8 @@ async def test_operator_alert_ack_reaches_internal_subscriber(gw: Gateway) -> No
         ops.close()
 
     await asyncio.to_thread(run)
-    assert [(m.topic, m.payload) for m in acks] == [("alerts/ack/line1/overheat",
-                                                      b'{"by": "ops"}')]
+    assert [(m.topic, m.payload, m.username) for m in acks] == [
+        ("alerts/ack/line1/overheat", b'{"by": "ops"}', "ops")]
     assert gw.ingest.calls == []  # operator traffic is never a reading
 
 

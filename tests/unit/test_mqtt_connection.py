@@ -451,10 +451,10 @@ async def test_operator_publish_reaches_internal_subscriber_not_ingest() -> None
 
     broker.subscribe_internal("alerts/ack/#", on_ack)
     conn, t = open_conn(broker, connect())
-    conn.role = "operator"  # as if authenticated as an operator
+    conn.role, conn.username = "operator", "ops"  # as if authenticated as an operator
     conn.data_received(publish("alerts/ack/line1", b"ok", 1, 1))
     await settle()
-    assert [m.payload for m in acks] == [b"ok"] and ingest.calls == []
+    assert [(m.payload, m.username) for m in acks] == [(b"ok", "ops")] and ingest.calls == []
     assert t.take()[-1] == (4, 0, b"\x00\x01")
 
 
