@@ -16,7 +16,8 @@ from stdin with `--password-stdin`, or prints a generated one with `--generate`.
 dashboard picks the change up at the next login (and ends a removed user's sessions within a
 minute).
 
-Exit codes: 0 done; 1 invalid configuration, or the user exists / does not exist; 2 usage.
+Exit codes: 0 done; 1 invalid configuration (or `web.enabled: false`), or the user exists /
+does not exist; 2 usage.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ def main(argv: Sequence[str]) -> int:
         parser.error("--tls-cert and --tls-key go together")
     cfg = _load(ns.config)
     if cfg is None:
+        return 1
+    if not cfg.web.enabled:
+        print(f"{ns.config}: web.enabled is false; the dashboard is switched off",
+              file=sys.stderr)
         return 1
     setup_logging(cfg.logging.level, json_lines=cfg.logging.json_lines)
     try:

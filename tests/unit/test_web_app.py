@@ -466,3 +466,53 @@ async def test_live_stream_sends_snapshot_then_new_alerts(env: Env, bus: Embedde
             async with asyncio.timeout(10):
                 kind, update = await anext(events)
             assert update["alert"] is None and update["transition"]["transition"] == "resolved"
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+async def test_command_serves_and_stops_on_sigterm_with_a_stream_open(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    save_users(tmp_path / "users.json", {"alice": User("alice", hash_password(PASSWORD))})
+    (tmp_path / "cloud.yaml").write_text(f"""
+cloud: {{data_dir: {tmp_path / 'data'}}}
+influxdb: {{url: "http://127.0.0.1:9"}}
+web: {{port: {port}, users_file: users.json}}
+logging: {{level: warning}}
+""")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge.cli", "cloud", "web", "-c", str(tmp_path / "cloud.yaml"),
+        stderr=asyncio.subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with _client() as client:
+            for _ in range(200):
+                try:
+                    async with client.get(url + "/login") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the dashboard did not come up")
+            assert (await login(client, url)).status == 303
+            async with client.get(url + "/api/fleet") as r:
+                assert r.status == 503  # InfluxDB is down: said so, not a crash
+            async with client.get(url + "/api/alerts/stream") as stream:
+                assert (await anext(_events(stream)))[0] == "snapshot"
+                proc.send_signal(signal.SIGTERM)
+                async with asyncio.timeout(15):
+                    rc = await proc.wait()
+                    rest = await stream.content.read()  # the stream ended with the process
+            assert rc == 0 and rest.strip() == b""
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
