@@ -13,8 +13,9 @@ unknown user costs the same as a wrong password (a dummy hash is verified), so r
 do not tell which user names exist.
 
 The running service re-reads the file when its modification time or size changed (checked at
-every login), so `users add` / `users remove` take effect without a restart; sessions of a
-removed user end at their next request (`UserBook.exists`).
+every login and every minute), so `users add` / `users remove` take effect without a restart;
+the sessions of a removed user end within that minute (the guard checks `UserBook.exists` on
+every request).
 """
 
 from __future__ import annotations
