@@ -237,6 +237,9 @@ class Api:
         if not 0 < end - start <= MAX_RANGE_MS:
             return _json({"error": "the range must be positive and at most 5 years"}, 400)
         measurement = request.query.get("measurement")
+        if measurement is not None and (len(measurement) > 200 or
+                                        not measurement.isprintable()):
+            return _json({"error": "not a measurement name"}, 400)
         if not measurement:
             snap = await self._snapshot()
             if isinstance(snap, web.Response):
