@@ -79,7 +79,7 @@ class MqttSettings:
     max_inflight_in: int = 64
     #: inbound PUBLISHes awaiting ingest across all connections before reading pauses
     #: (bounds memory when the pipeline cannot keep up)
-    max_inflight_total: int = 20_000
+    max_inflight_total: int = 10_000
     #: outbound QoS 1 messages unacknowledged per subscriber
     max_inflight_out: int = 32
     #: outbound QoS 1 messages queued per subscriber session (slow or offline)
