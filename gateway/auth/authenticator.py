@@ -19,7 +19,8 @@ reconnect storm of 10,000 sensors from starving the gateway:
    a storm; callers whose client went away cancel their queued verification.
 
 The cost that remains is one argon2 run per device after a gateway restart: 10,000 devices ×
-0.1 s ≈ 17 min of one core on a Pi, served first come, first served (docs/mqtt-ingest.md).
+0.1 s ≈ 17 min of one core (more on a slow Pi), served first come, first served
+(docs/mqtt-ingest.md).
 
 The file is re-read when its mtime, size or inode changed, checked at most every
 `reload_check_s`; a file that became invalid keeps the last good accounts (and is logged).

@@ -1,8 +1,8 @@
 """Password hashing for MQTT accounts: argon2id, slow on purpose.
 
-Parameters are the OWASP minimum for argon2id (19 MiB memory, 2 iterations, 1 lane): about
-0.1 s and 19 MiB per verification on a Raspberry Pi 4 class CPU.  The encoded hash carries
-its own parameters, so a file written with other costs still verifies.
+Parameters are the OWASP minimum for argon2id (19 MiB memory, 2 iterations, 1 lane): 19 MiB
+and 0.09–0.17 s of CPU per verification on the development VM (more on a Pi).  The encoded
+hash carries its own parameters, so a file written with other costs still verifies.
 
 Slowness is what protects a stolen credentials file; it is also why
 `gateway.auth.Authenticator` caches successful verifications for the process lifetime and
