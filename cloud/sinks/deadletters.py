@@ -112,9 +112,13 @@ class DeadLetters:
     async def flush(self) -> None:
         """Produce every queued dead letter; returns once all are acknowledged."""
         while self._pending:
+            # taken, not read in place: a write finishing meanwhile may queue more
+            batch, reasons = self._pending, self._reasons
+            self._pending, self._reasons = [], []
             try:
-                await self.producer.send_batch(self.topic, self._pending)
+                await self.producer.send_batch(self.topic, batch)
             except BrokerUnavailable as e:
+                self._pending, self._reasons = batch + self._pending, reasons + self._reasons
                 delay = self.backoff.next_delay()
                 log.warning("cannot produce dead letters yet", extra={"fields": {
                     "error": str(e), "retry_in_s": round(delay, 3),
@@ -122,9 +126,8 @@ class DeadLetters:
                 await asyncio.sleep(delay)
                 continue
             self.backoff.reset()
-            for reason, n in self._reasons:
+            for reason, n in reasons:
                 self.metrics.deadletters(reason, n)
-            self._pending, self._reasons = [], []
 
     def discard(self) -> None:
         """Forget what is queued (its records will be consumed again, and dead-lettered

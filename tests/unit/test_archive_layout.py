@@ -173,3 +173,18 @@ def test_parquet_encoding() -> None:
     back = f.read()
     assert back.column("key").to_pylist() == table.column("key").to_pylist()
     assert back.num_rows == 500
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"\x00" * 8, b"\x01" * 8, b"\xff" * 8]),
+                          st.sampled_from([b"\x00" * 8, b"\x07" * 8, b"\x80" * 8])),
+                max_size=40))
+def test_dedupe_matches_first_occurrence_semantics(parts: list[tuple[bytes, bytes]]) -> None:
+    # keys sharing their first 8 bytes exercise the slow path
+    keys = [hi + lo for hi, lo in parts]
+    table = pa.table({"key": pa.array(keys, pa.binary(16)),
+                      "row": pa.array(range(len(keys)), pa.int64())})
+    out = dedupe(table)
+    seen: dict[bytes, int] = {}
+    for i, k in enumerate(keys):
+        seen.setdefault(k, i)
+    assert out.column("row").to_pylist() == sorted(seen.values())

@@ -296,7 +296,8 @@ async def test_lag_metrics(bus: EmbeddedBus) -> None:
         await _until(lambda: service.loop is not None and service.loop.caught_up)
         m = service.metrics
         for (topic, partition), offset in _offsets(bus).items():
-            assert m.value("fieldlink_sink_committed_offset", topic=topic,
-                           partition=str(partition)) == offset
+            # the gauge is set once the commit call returned (just after the database has it)
+            await _until(lambda t=topic, p=partition, o=offset: m.value(
+                "fieldlink_sink_committed_offset", topic=t, partition=str(p)) == o)
             assert m.registry.get_sample_value("fieldlink_sink_lag_seconds", {
                 "sink": "influxdb", "topic": topic, "partition": str(partition)}) == 0.0

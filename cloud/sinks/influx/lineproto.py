@@ -123,23 +123,28 @@ class LineBuilder:
 
     def reading(self, r: Reading, gateway: str) -> str:
         """The line of one reading; PointRejected if it cannot be written faithfully."""
-        prefix = self._reading_prefix(r, gateway)
+        # the hot path of the sink: one cache lookup and one f-string per reading
+        prefix = self._prefixes.get((r.measurement, r.device_id, r.facility, gateway, r.line,
+                                     r.unit, r.zone))
+        if prefix is None:
+            prefix = self._reading_prefix(r, gateway)
         v = r.value
-        if type(v) is not float or not _isfinite(v):
-            v_text = _float("value", v)
-        else:
-            v_text = repr(v)
+        v_text = repr(v) if type(v) is float and _isfinite(v) else _float("value", v)
         quality = self._quality.get(r.quality)
         if quality is None:
             quality = self._quality[r.quality] = escape_string(r.quality)
-        line = f"{prefix} value={v_text},quality={quality}"
-        if r.battery_voltage is not None:
-            line += f",battery={_float('battery', r.battery_voltage)}"
+        b = r.battery_voltage
+        if b is None:
+            extra = ""
+        elif type(b) is float and _isfinite(b):
+            extra = f",battery={b!r}"
+        else:
+            extra = f",battery={_float('battery', b)}"
         if r.seq is not None:
-            line += f",seq={r.seq}i"
+            extra += f",seq={r.seq}i"
         if r.flags:
-            line += f",flags={r.flags}i"
-        return f"{line} {r.ts_ms}"
+            extra += f",flags={r.flags}i"
+        return f"{prefix} value={v_text},quality={quality}{extra} {r.ts_ms}"
 
     def event(self, e: Event, gateway: str) -> str:
         if e.kind == "aggregate":

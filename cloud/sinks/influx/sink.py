@@ -28,8 +28,9 @@ millisecond timestamp), so at-least-once delivery stores every item once (see li
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cloud.bus import Record
@@ -52,11 +53,15 @@ _SKIPPED = frozenset({"beyond_retention"})
 
 @dataclass(slots=True)
 class _Source:
-    """A record whose items are buffered, and those items (to dead-letter refused ones)."""
+    """A record whose items are buffered: its lines are `lines[start:start + len(items)]`,
+    one per item, in order (readings first); refused items are kept to dead-letter them."""
 
     record: Record
     batch: Batch
-    items: list[Reading | Event] = field(default_factory=list)
+    start: int
+    items: Sequence[Reading | Event]
+    #: how many of `items` are readings (they come first)
+    readings: int
     refused: list[tuple[Reading | Event, str, str]] = field(default_factory=list)
 
 
@@ -77,9 +82,14 @@ class InfluxSink:
         self.writer = BatchWriter(self.client.write, metrics, on_missing=self._recreate)
         self.setup_detail = ""
         self._lines: list[str] = []
-        #: per line: (source index, item index within the source)
-        self._origin: list[tuple[int, int]] = []
         self._sources: list[_Source] = []
+        #: the `start` of each source, for bisecting a line index to its source
+        self._starts: list[int] = []
+        #: the write in flight: ({partition: next offset}, {partition: epoch}) when done
+        self._inflight: asyncio.Task[tuple[dict[TP, int], dict[TP, int]]] | None = None
+        self._inflight_lines = 0
+        #: bumped when a partition is revoked
+        self._epochs: dict[TP, int] = {}
         self._next: dict[TP, int] = {}
         self._since: float | None = None
         self._open = False
@@ -93,6 +103,10 @@ class InfluxSink:
         self.setup_detail = await self.client.ensure_retention()
 
     async def close(self) -> None:
+        task, self._inflight = self._inflight, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         if self._open:
             await self.client.aclose()
             self._open = False
@@ -108,7 +122,7 @@ class InfluxSink:
 
     @property
     def buffered(self) -> int:
-        return len(self._lines)
+        return len(self._lines) + self._inflight_lines
 
     # -- consuming ---------------------------------------------------------------------------
 
@@ -116,30 +130,38 @@ class InfluxSink:
         return None
 
     def add(self, record: Record, batch: Batch) -> None:
-        source = _Source(record, batch)
-        s = len(self._sources)
-        self._sources.append(source)
-        lines, origin = self._lines, self._origin
+        lines = self._lines
         gateway = batch.gateway_id
         reading = self.builder.reading
-        for item in batch.readings:
-            try:
-                line = reading(item, gateway)
-            except PointRejected as e:
-                source.refused.append((item, e.reason, e.message))
-                continue
-            origin.append((s, len(source.items)))
-            source.items.append(item)
-            lines.append(line)
-        for event in batch.events:
-            try:
-                line = self.builder.event(event, gateway)
-            except PointRejected as e:
-                source.refused.append((event, e.reason, e.message))
-                continue
-            origin.append((s, len(source.items)))
-            source.items.append(event)
-            lines.append(line)
+        refused: list[tuple[Reading | Event, str, str]] = []
+        items: Sequence[Reading | Event]
+        try:
+            new = [reading(r, gateway) for r in batch.readings]
+            items = batch.readings
+        except PointRejected:
+            # the rare batch with a reading line protocol cannot carry: one by one
+            new, kept = [], []
+            for r in batch.readings:
+                try:
+                    new.append(reading(r, gateway))
+                except PointRejected as e:
+                    refused.append((r, e.reason, e.message))
+                    continue
+                kept.append(r)
+            items = kept
+        n_readings = len(new)
+        if batch.events:
+            items = list(items)
+            for event in batch.events:
+                try:
+                    new.append(self.builder.event(event, gateway))
+                except PointRejected as e:
+                    refused.append((event, e.reason, e.message))
+                    continue
+                items.append(event)
+        self._starts.append(len(lines))
+        self._sources.append(_Source(record, batch, len(lines), items, n_readings, refused))
+        lines += new
         self._mark(record)
 
     def skip(self, record: Record) -> None:
@@ -151,27 +173,34 @@ class InfluxSink:
             self._since = asyncio.get_running_loop().time()
 
     def due_in(self, now: float) -> float | None:
+        if self._inflight is not None and self._inflight.done():
+            return 0.0  # a finished write to collect (and commit)
         if self._since is None:
-            return None
+            return None if self._inflight is None else 0.05
         if len(self._lines) >= self.batch_size:
             return 0.0
         return self._since + self.flush_interval_s - asyncio.get_running_loop().time()
 
     def revoke(self, tps: Iterable[TP]) -> None:
         gone = set(tps)
+        for tp in gone:
+            # lines of it may be in flight: their offsets must not be committed
+            self._epochs[tp] = self._epochs.get(tp, 0) + 1
         if not gone or not (gone & set(self._next)):
             return
         # lines of other partitions stay; rebuild the buffer without the revoked ones
-        keep = [i for i, s in enumerate(self._sources)
-                if (s.record.topic, s.record.partition) not in gone]
-        remap = {old: new for new, old in enumerate(keep)}
-        self._sources = [self._sources[i] for i in keep]
-        lines, origin = [], []
-        for line, (s, k) in zip(self._lines, self._origin):
-            if s in remap:
-                lines.append(line)
-                origin.append((remap[s], k))
-        self._lines, self._origin = lines, origin
+        lines: list[str] = []
+        sources, starts = [], []
+        for source in self._sources:
+            if (source.record.topic, source.record.partition) in gone:
+                continue
+            n = len(source.items)
+            old = source.start
+            source.start = len(lines)
+            lines += self._lines[old:old + n]
+            sources.append(source)
+            starts.append(source.start)
+        self._lines, self._sources, self._starts = lines, sources, starts
         for tp in gone:
             self._next.pop(tp, None)
         if not self._next:
@@ -180,32 +209,59 @@ class InfluxSink:
     # -- flushing ----------------------------------------------------------------------------
 
     async def flush(self, now: float, *, everything: bool = False) -> dict[TP, int]:
+        """Start writing the buffer when due; the offsets of writes that completed.
+
+        Writes are pipelined one deep: while InfluxDB takes batch k, the loop decodes and
+        builds batch k+1; when k+1 is due before k finished, this waits for k.  Offsets are
+        returned only for finished writes, in order, so a commit never covers a line that is
+        still in flight.
+        """
+        offsets: dict[TP, int] = {}
+        if self._inflight is not None and self._inflight.done():
+            offsets.update(await self._collect())
         due = self.due_in(now)
-        if due is None or (due > 0 and not everything):
-            return {}
-        lines, origin, sources = self._lines, self._origin, self._sources
-        offsets = dict(self._next)
-        self._lines, self._origin, self._sources, self._next = [], [], [], {}
+        if self._since is None or due is None or (due > 0 and not everything):
+            if everything and self._inflight is not None:
+                offsets.update(await self._collect())
+            return offsets
+        if self._inflight is not None:
+            offsets.update(await self._collect())  # the pipeline is full: wait for it
+        lines, sources, starts = self._lines, self._sources, self._starts
+        pending = dict(self._next)
+        epochs = {tp: self._epochs.get(tp, 0) for tp in pending}
+        self._lines, self._sources, self._starts, self._next = [], [], [], {}
         self._since = None
+        self._inflight_lines = len(lines)
+        self._inflight = asyncio.create_task(
+            self._write(lines, sources, starts, pending, epochs), name="influx-write")
+        if everything:
+            offsets.update(await self._collect())
+        return offsets
+
+    async def _collect(self) -> dict[TP, int]:
+        task, self._inflight = self._inflight, None
+        self._inflight_lines = 0
+        if task is None:
+            return {}
+        offsets, epochs = await task
+        # a partition revoked while its lines were in flight is not committed by this member
+        return {tp: o for tp, o in offsets.items() if self._epochs.get(tp, 0) == epochs[tp]}
+
+    async def _write(self, lines: list[str], sources: list[_Source], starts: list[int],
+                     offsets: dict[TP, int], epochs: dict[TP, int]
+                     ) -> tuple[dict[TP, int], dict[TP, int]]:
         t0 = asyncio.get_running_loop().time()
-        try:
-            rejected = await self._write_chunks(lines)
-        except BaseException:
-            # not durable: keep everything for the next attempt (or the next owner)
-            self._lines, self._origin, self._sources = lines, origin, sources
-            for tp, o in offsets.items():
-                self._next.setdefault(tp, o)
-            self._since = t0
-            raise
-        rejected_sent = set()
+        rejected = await self._write_chunks(lines)
+        rejected_sent: dict[int, list[int]] = {}
         for index, reason, message in rejected:
-            s, k = origin[index]
-            rejected_sent.add((s, k))
+            s = bisect.bisect_right(starts, index) - 1
+            k = index - sources[s].start
+            rejected_sent.setdefault(s, []).append(k)
             sources[s].refused.append((sources[s].items[k], reason, message))
         self._account(sources, rejected_sent)
         self.metrics.flushes.inc()
         self.metrics.flush_seconds.observe(asyncio.get_running_loop().time() - t0)
-        return offsets
+        return offsets, epochs
 
     async def _write_chunks(self, lines: list[str]) -> list[tuple[int, str, str]]:
         size = self.batch_size
@@ -220,25 +276,30 @@ class InfluxSink:
         results = await asyncio.gather(*(one(start, chunk) for start, chunk in chunks))
         return [r for part in results for r in part]
 
-    def _account(self, sources: list[_Source], rejected_sent: set[tuple[int, int]]) -> None:
-        stored: dict[str, int] = {}
+    def _account(self, sources: list[_Source], rejected_sent: dict[int, list[int]]) -> None:
+        stored: dict[str, int] = {"reading": 0}
         skipped = 0
         for s, source in enumerate(sources):
-            for k, item in enumerate(source.items):
-                if (s, k) not in rejected_sent:
-                    kind = "reading" if isinstance(item, Reading) else item.kind
-                    stored[kind] = stored.get(kind, 0) + 1
+            stored["reading"] += source.readings
+            for event in source.items[source.readings:]:
+                kind = event.kind if isinstance(event, Event) else "reading"
+                stored[kind] = stored.get(kind, 0) + 1
+            for k in rejected_sent.get(s, ()):
+                item = source.items[k]
+                kind = item.kind if isinstance(item, Event) else "reading"
+                stored[kind] -= 1
+            if not source.refused:
+                continue
             dead = [(item, reason, message) for item, reason, message in source.refused
                     if reason not in _SKIPPED]
             skipped += len(source.refused) - len(dead)
             if not dead:
                 continue
             readings = [(i, r) for i, r, _ in dead if isinstance(i, Reading)]
-            events = [(i, r) for i, r, _ in dead if not isinstance(i, Reading)]
+            events = [(i, r) for i, r, _ in dead if isinstance(i, Event)]
             details = "; ".join(sorted({m for _, _, m in dead}))
             self.deadletters.add_items(
-                source.record, source.batch, [i for i, _ in readings],
-                [i for i, _ in events if isinstance(i, Event)],
+                source.record, source.batch, [i for i, _ in readings], [i for i, _ in events],
                 [r for _, r in readings] + [r for _, r in events], details[:1000])
         for kind, n in stored.items():
             self.metrics.items(kind, n)
