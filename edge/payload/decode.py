@@ -43,8 +43,12 @@ skew.  Further than `clock_skew_tolerance_ms` from `received_ms`: `ts_ms = recei
 `FLAG_TS_MISSING`.  Within tolerance the sensor's time is kept and `sensor_ts_ms` is None.
 
 device_id: 1..128 characters (and ≤ `max_string_length`), printable, no whitespace, no `/`,
-`+` or `#` (it is an MQTT topic level and an InfluxDB tag).  device_type, unit, facility,
-line and zone must be printable strings ≤ `max_string_length`.
+`+`, `#` or backslash (it is an MQTT topic level and an InfluxDB tag).  device_type, unit,
+facility, line and zone must be printable strings ≤ `max_string_length` without a
+backslash, and device_type must not start with `#`: they become InfluxDB measurements and
+tags, where neither can be written faithfully — a reading the gateway acknowledged must be
+storable everywhere downstream, so such input is refused here (`invalid_value`), before the
+sensor is told it was stored.
 
 Errors (`edge.errors`; every ValidationError has `.field`, `.reason`, `.value`):
 `PayloadError` — not a message at all (`empty_payload`, `malformed_payload`: bad
@@ -318,6 +322,10 @@ def _from_mapping(msg: dict[Any, Any], ctx: DecodeContext) -> Reading:
     elif not _text(measurement, "device_type", limits):
         raise ValidationError("device_type is empty", field="device_type",
                               reason="invalid_value", value=measurement)
+    elif measurement[0] == "#":
+        raise ValidationError(f"device_type {_show(measurement)} starts with '#', which "
+                              "cannot be stored as an InfluxDB measurement",
+                              field="device_type", reason="invalid_value", value=measurement)
     unit = msg.get("unit")
     unit = ctx.unit_hint or "" if unit is None else _text(unit, "unit", limits)
     facility, line, zone = ctx.facility, ctx.line, ctx.zone
@@ -416,7 +424,7 @@ def _device_id(raw: Any, ctx: DecodeContext) -> str:
                        field="device_id", value=raw[:40])
     if not n or not raw.isprintable() or _BAD_ID.search(raw):
         raise ValidationError(f"device_id {_show(raw)} is invalid: it must be 1-128 printable "
-                              f"characters without whitespace, '/', '+' or '#'",
+                              f"characters without whitespace, '/', '+', '#' or backslash",
                               field="device_id", reason="invalid_value", value=raw)
     if len(_VALID_IDS) >= _VALID_IDS_MAX:  # bounded: a flood of fake ids cannot grow it
         _VALID_IDS.clear()
@@ -424,7 +432,7 @@ def _device_id(raw: Any, ctx: DecodeContext) -> str:
     return raw
 
 
-_BAD_ID = re.compile(r"[\s/+#]")
+_BAD_ID = re.compile(r"[\s/+#\\]")
 #: ids that passed the checks above (a fleet's ids repeat ~10,000×/s; the regex is the cost)
 _VALID_IDS: set[str] = set()
 _VALID_IDS_MAX = 65_536
@@ -463,6 +471,9 @@ def _text(v: Any, name: str, limits: Limits) -> str:
     if not v.isprintable():
         raise ValidationError(f"{name} {_show(v)} holds control characters",
                               field=name, reason="invalid_value", value=v)
+    if "\\" in v:
+        raise ValidationError(f"{name} {_show(v)} holds a backslash, which cannot be stored "
+                              "as an InfluxDB tag", field=name, reason="invalid_value", value=v)
     return v
 
 
