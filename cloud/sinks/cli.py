@@ -108,17 +108,25 @@ async def run(cfg: CloudConfig, kind: str, *, group: str | None = None,
     try:
         async with open_bus(cfg) as bus:
             service = build_service(cfg, kind, bus, group=group, http_port=http_port)
-            async with service:
-                log.info("sink started", extra={"fields": {
-                    "sink": kind, "group": service.settings.group_id, "http": service.url,
-                    "bus": bus.kind}})
-                try:
+            try:
+                async with service:
+                    log.info("sink started", extra={"fields": {
+                        "sink": kind, "group": service.settings.group_id,
+                        "http": service.url, "bus": bus.kind}})
                     await service.wait(stop)
-                except SinkMisconfigured as e:
-                    log.error("sink stopped: the store refuses this configuration", extra={
-                        "fields": {"sink": kind, "error": str(e)}})
-                    return 1
-                log.info("sink stopping", extra={"fields": {"sink": kind}})
+                    log.info("sink stopping", extra={"fields": {"sink": kind}})
+            except SinkMisconfigured as e:
+                log.error("sink stopped: the store refuses this configuration", extra={
+                    "fields": {"sink": kind, "error": str(e)}})
+                return 1
+            except OSError as e:
+                # e.g. the /metrics port is taken by another process
+                log.error("sink cannot start", extra={"fields": {"sink": kind,
+                                                                  "error": repr(e)}})
+                return 1
+            except Exception:
+                log.exception("sink failed", extra={"fields": {"sink": kind}})
+                return 1
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
