@@ -204,6 +204,11 @@ class Gateway:
                 # the gateway must keep buffering, not restart
                 self.http.add_health_check("uplink", self.uplink.health)
 
+        if self.http is not None:
+            from gateway.status import status_routes
+
+            self.http.add_routes(status_routes(self))
+
     async def _start_ingress(self) -> None:
         cfg = self.config
         assert self.pipeline is not None
