@@ -52,7 +52,7 @@ from edge.config.gateway import (
 )
 from edge.errors import ConfigError
 
-__all__ = ["CdcSection", "CdcTable", "ClicksSection", "ConnectorsSection", "GithubSection",
+__all__ = ["CdcSection", "ClicksSection", "ConnectorsSection", "GithubSection",
            "SecondaryConfig", "StripeSection", "load_secondary_config"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -138,26 +138,16 @@ class ClicksSection(StrictModel):
         return v
 
 
-class CdcTable(StrictModel):
-    #: "schema.table" (schema defaults to public)
-    name: str
+def _table_name(v: str) -> str:
+    parts = v.split(".")
+    if len(parts) > 2 or not all(_NAME.fullmatch(p) for p in parts):
+        raise PydanticCustomError("table", "{value} is not schema.table (letters, digits, _)",
+                                  {"value": repr(v)})
+    return v if len(parts) == 2 else f"public.{v}"
 
-    @pydantic.field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        parts = v.split(".")
-        if len(parts) > 2 or not all(_NAME.fullmatch(p) for p in parts):
-            raise PydanticCustomError("table", "{value} is not schema.table (letters, digits, "
-                                      "_)", {"value": repr(v)})
-        return v if len(parts) == 2 else f"public.{v}"
 
-    @property
-    def schema_name(self) -> str:
-        return self.name.split(".")[0]
-
-    @property
-    def table(self) -> str:
-        return self.name.split(".")[1]
+#: "schema.table"; a bare table name means public.<table>
+TableName = Annotated[str, pydantic.AfterValidator(_table_name)]
 
 
 class CdcSection(StrictModel):
@@ -174,7 +164,8 @@ class CdcSection(StrictModel):
     publication: str = Field(default="fieldlink_cdc", pattern=r"^[A-Za-z0-9_]{1,63}$")
     #: create the publication for `tables` when it does not exist
     create_publication: bool = True
-    tables: tuple[CdcTable, ...] = ()
+    #: the captured tables, "schema.table" (each needs a primary key)
+    tables: tuple[TableName, ...] = ()
     partitions: int = Field(default=3, ge=1)
     #: rows per produced chunk (snapshot and large transactions)
     chunk_rows: int = Field(default=1000, ge=1, le=100_000)
