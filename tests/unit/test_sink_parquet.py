@@ -293,3 +293,32 @@ async def test_a_reading_delivered_twice_within_a_roll_is_written_once(
     m = service.metrics
     assert m.value("fieldlink_sink_items_total", kind="duplicate") == 200
     assert m.value("fieldlink_sink_items_total", kind="reading") == 400
+
+
+def test_roll_decisions_follow_the_clock_and_the_size() -> None:
+    from cloud.bus import Record
+    from edge.testing import FakeClock
+
+    clock = FakeClock()
+    metrics = SinkMetrics("parquet")
+    sink = ParquetSink(ArchiveStore(f"memory://roll-{uuid.uuid4().hex}"),
+                       None, metrics, roll_seconds=60, roll_bytes=10**9,  # type: ignore[arg-type]
+                       max_buffer_bytes=10**9, clock=clock)
+    assert sink.due_in(clock.monotonic()) is None
+    frame = encode_batch(Batch("gw", 1, T, _readings(0, 100)))
+    record = Record(TOPIC, 0, 7, b"k", frame, (), T)
+    sink.add(record, decode_batch(frame))
+    assert sink.due_in(clock.monotonic()) == 60
+    assert sink._due(clock.monotonic(), False) == []
+    clock.advance(59.5)
+    assert sink.due_in(clock.monotonic()) == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert sink._due(clock.monotonic(), False) == [(TOPIC, 0)]
+    # by size: the estimate (Arrow bytes x learnt ratio) reaching roll_bytes
+    sink.roll_bytes = 1000
+    clock.advance(-59)
+    assert sink.due_in(clock.monotonic()) == 0.0
+    assert sink._due(clock.monotonic(), False) == [(TOPIC, 0)]
+    assert sink.buffered == 100
+    sink.revoke([(TOPIC, 0)])
+    assert sink.buffered == 0 and sink.due_in(clock.monotonic()) is None

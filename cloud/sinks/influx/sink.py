@@ -41,6 +41,7 @@ from cloud.sinks.influx.client import InfluxClient, InfluxTarget
 from cloud.sinks.influx.lineproto import LineBuilder
 from cloud.sinks.influx.writer import BatchWriter
 from cloud.sinks.metrics import SinkMetrics
+from edge.clock import Clock, SystemClock
 from edge.codec import Batch
 from edge.model import Event, Reading
 
@@ -70,7 +71,8 @@ class InfluxSink:
 
     def __init__(self, target: InfluxTarget, deadletters: DeadLetters, metrics: SinkMetrics,
                  *, batch_size: int = 5000, flush_interval_s: float = 1.0,
-                 concurrency: int = 2, client: InfluxClient | None = None) -> None:
+                 concurrency: int = 2, client: InfluxClient | None = None,
+                 clock: Clock | None = None) -> None:
         self.target = target
         self.deadletters = deadletters
         self.metrics = metrics
@@ -78,6 +80,8 @@ class InfluxSink:
         self.flush_interval_s = flush_interval_s
         self.concurrency = concurrency
         self.client = client or InfluxClient(target)
+        #: the monotonic clock of the buffer's age (the loop passes `now` from the same)
+        self.clock = clock or SystemClock()
         self.builder = LineBuilder()
         self.writer = BatchWriter(self.client.write, metrics, on_missing=self._recreate)
         self.setup_detail = ""
@@ -170,7 +174,7 @@ class InfluxSink:
     def _mark(self, record: Record) -> None:
         self._next[(record.topic, record.partition)] = record.offset + 1
         if self._since is None:
-            self._since = asyncio.get_running_loop().time()
+            self._since = self.clock.monotonic()
 
     def due_in(self, now: float) -> float | None:
         if self._inflight is not None and self._inflight.done():
@@ -179,7 +183,7 @@ class InfluxSink:
             return None if self._inflight is None else 0.05
         if len(self._lines) >= self.batch_size:
             return 0.0
-        return self._since + self.flush_interval_s - asyncio.get_running_loop().time()
+        return self._since + self.flush_interval_s - now
 
     def revoke(self, tps: Iterable[TP]) -> None:
         gone = set(tps)
@@ -250,7 +254,7 @@ class InfluxSink:
     async def _write(self, lines: list[str], sources: list[_Source], starts: list[int],
                      offsets: dict[TP, int], epochs: dict[TP, int]
                      ) -> tuple[dict[TP, int], dict[TP, int]]:
-        t0 = asyncio.get_running_loop().time()
+        t0 = self.clock.monotonic()
         rejected = await self._write_chunks(lines)
         rejected_sent: dict[int, list[int]] = {}
         for index, reason, message in rejected:
@@ -260,7 +264,7 @@ class InfluxSink:
             sources[s].refused.append((sources[s].items[k], reason, message))
         self._account(sources, rejected_sent)
         self.metrics.flushes.inc()
-        self.metrics.flush_seconds.observe(asyncio.get_running_loop().time() - t0)
+        self.metrics.flush_seconds.observe(self.clock.monotonic() - t0)
         return offsets, epochs
 
     async def _write_chunks(self, lines: list[str]) -> list[tuple[int, str, str]]:

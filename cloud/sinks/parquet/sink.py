@@ -69,6 +69,7 @@ from cloud.sinks.base import TP
 from cloud.sinks.deadletters import DeadLetters
 from cloud.sinks.metrics import SinkMetrics
 from edge.backoff import Backoff
+from edge.clock import Clock, SystemClock
 from edge.codec import Batch
 
 __all__ = ["ParquetSink"]
@@ -94,7 +95,7 @@ class ParquetSink:
     def __init__(self, store: ArchiveStore, deadletters: DeadLetters, metrics: SinkMetrics, *,
                  roll_bytes: int = 128 * 2**20, roll_seconds: float = 300.0,
                  max_buffer_bytes: int = 512 * 2**20, compression_level: int = 6,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, clock: Clock | None = None) -> None:
         self.store = store
         self.deadletters = deadletters
         self.metrics = metrics
@@ -103,6 +104,8 @@ class ParquetSink:
         self.max_buffer_bytes = max_buffer_bytes
         self.compression_level = compression_level
         self.backoff = backoff or Backoff(base=0.2, cap=30.0)
+        #: the monotonic clock of the buffers' age (the loop passes `now` from the same)
+        self.clock = clock or SystemClock()
         #: file bytes per buffered Arrow byte, learnt from every roll
         self.ratio = 0.2
         self.failing: str | None = None
@@ -159,7 +162,7 @@ class ParquetSink:
     def _buffer(self, tp: TP) -> _Buffer:
         buf = self._buffers.get(tp)
         if buf is None:
-            buf = self._buffers[tp] = _Buffer(opened=asyncio.get_running_loop().time())
+            buf = self._buffers[tp] = _Buffer(opened=self.clock.monotonic())
         return buf
 
     def add(self, record: Record, batch: Batch) -> None:
@@ -187,8 +190,7 @@ class ParquetSink:
             return None
         if sum(b.nbytes for b in self._buffers.values()) >= self.max_buffer_bytes:
             return 0.0
-        loop_now = asyncio.get_running_loop().time()
-        due = min(b.opened + self.roll_seconds - loop_now for b in self._buffers.values())
+        due = min(b.opened + self.roll_seconds - now for b in self._buffers.values())
         if any(b.nbytes * self.ratio >= self.roll_bytes for b in self._buffers.values()):
             return 0.0
         return due
@@ -199,12 +201,11 @@ class ParquetSink:
 
     # -- rolling -----------------------------------------------------------------------------
 
-    def _due(self, everything: bool) -> list[TP]:
+    def _due(self, now: float, everything: bool) -> list[TP]:
         if everything:
             return list(self._buffers)
-        loop_now = asyncio.get_running_loop().time()
         due = [tp for tp, b in self._buffers.items()
-               if b.opened + self.roll_seconds <= loop_now
+               if b.opened + self.roll_seconds <= now
                or b.nbytes * self.ratio >= self.roll_bytes]
         total = sum(b.nbytes for b in self._buffers.values())
         if total >= self.max_buffer_bytes:
@@ -219,12 +220,12 @@ class ParquetSink:
 
     async def flush(self, now: float, *, everything: bool = False) -> dict[TP, int]:
         offsets: dict[TP, int] = {}
-        for tp in self._due(everything):
+        for tp in self._due(now, everything):
             buf = self._buffers[tp]
             if buf.first is None:
                 del self._buffers[tp]
                 continue
-            t0 = asyncio.get_running_loop().time()
+            t0 = self.clock.monotonic()
             written, duplicates = await self._retry(self._roll, tp, buf)
             # taken only now: a cancelled roll leaves the buffer for the next attempt
             self._buffers.pop(tp, None)
@@ -232,7 +233,7 @@ class ParquetSink:
             self.metrics.items("reading", buf.rows - duplicates)
             self.metrics.items("duplicate", duplicates)
             self.metrics.flushes.inc()
-            self.metrics.flush_seconds.observe(asyncio.get_running_loop().time() - t0)
+            self.metrics.flush_seconds.observe(self.clock.monotonic() - t0)
             file_bytes = sum(size for _, size in written)
             self.metrics.parquet_files.inc(len(written))
             self.metrics.parquet_bytes.inc(file_bytes)
