@@ -160,3 +160,50 @@ def test_alert_line() -> None:
     assert "incarnation=2i" in line and f"fired_at_ms={T - 5000}i" in line
     assert 'values="{\\"value\\": 81.5}"' in line
     assert line.endswith(f" {T}")
+
+
+def _status(**body: object) -> Event:
+    base: dict[str, object] = {
+        "gateway": "gw-body", "firmware_version": "0.1.0", "config_version": "0123abcd4567",
+        "uplink_state": "circuit_open", "uplink_down_since_ms": T - 60_000,
+        "backlog_rows": 1200, "backlog_bytes": 64_000, "backlog_age_ms": 61_000,
+        "drops": {"evicted": 7, "expired": 0}, "deadletters": {"bad_json": 3}}
+    base.update(body)
+    return Event("gateway_status", b"s" * 16, T, "gw-1", base)
+
+
+def test_gateway_status_point() -> None:
+    line = LineBuilder().event(_status(), "gw-1")
+    assert line == (
+        'gateway_status,gateway=gw-1 backlog_age_ms=61000i,backlog_bytes=64000i,'
+        'backlog_rows=1200i,config_version="0123abcd4567",deadletters_bad_json=3i,'
+        'drops_evicted=7i,drops_expired=0i,firmware_version="0.1.0",'
+        f'uplink_down_since_ms={T - 60_000}i,uplink_state="circuit_open" {T}')
+
+
+def test_gateway_status_tag_is_the_batch_gateway_and_unknown_is_left_out() -> None:
+    line = LineBuilder().event(_status(backlog_rows=None, backlog_bytes=None,
+                                       backlog_age_ms=None, uplink_down_since_ms=None,
+                                       drops={}, deadletters={}), "gw 2")
+    assert line == ('gateway_status,gateway=gw\\ 2 config_version="0123abcd4567",'
+                    f'firmware_version="0.1.0",uplink_state="circuit_open" {T}')
+    assert "backlog" not in line and "gw-body" not in line
+
+
+@pytest.mark.parametrize("body", [
+    {"backlog_rows": 1.5},
+    {"backlog_rows": "many"},
+    {"drops": [1, 2]},
+    {"drops": {"bad reason": 1}},
+    {"deadletters": {"x": "y"}},
+])
+def test_gateway_status_malformed_is_refused(body: dict[str, object]) -> None:
+    with pytest.raises(PointRejected) as exc:
+        LineBuilder().event(_status(**body), "gw-1")
+    assert exc.value.reason in ("malformed_event", "unrepresentable")
+
+
+def test_gateway_status_without_fields_is_refused() -> None:
+    with pytest.raises(PointRejected) as exc:
+        LineBuilder().event(Event("gateway_status", b"s" * 16, T, "gw-1", {}), "gw-1")
+    assert exc.value.reason == "malformed_event"

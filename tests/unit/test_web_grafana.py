@@ -14,7 +14,7 @@ import yaml
 
 from cloud.sinks.influx.lineproto import LineBuilder
 from cloud.web.fleet import DEADLETTERS_PREFIX, DROPS_PREFIX
-from edge.model import Reading
+from edge.model import Event, Reading
 from edge.rules.alerts import AlertBook
 from edge.windows.result import WindowResult
 
@@ -62,10 +62,20 @@ def sink_schema() -> dict[str, tuple[set[str], set[str]]]:
         assert kind != "alerts" or name == "alerts"
         old = out.get(kind, (set(), set()))
         out[kind] = (old[0] | tags, old[1] | fields)
-    # gateway_status: what the dashboard reads (cloud.web.fleet.status_record)
-    out["status"] = ({"gateway"}, {"backlog_rows", "backlog_age_ms", "backlog_bytes",
-                                   "firmware_version", "config_version", "uplink_state",
-                                   DROPS_PREFIX + "*", DEADLETTERS_PREFIX + "*"})
+    # gateway_status: written by the sink's own builder, counters by reason as prefix + "*"
+    status = Event("gateway_status", b"s" * 16, 1_705_322_400_000, "gw-1", {
+        "backlog_rows": 1, "backlog_bytes": 2, "backlog_age_ms": 3, "firmware_version": "f",
+        "config_version": "c", "uplink_state": "up", "drops": {"evicted": 1},
+        "deadletters": {"bad_json": 1}})
+    name, tags, fields = _parse_line(b.event(status, "gw-1"))
+    assert name == "gateway_status"
+    fields = {next((p + "*" for p in (DROPS_PREFIX, DEADLETTERS_PREFIX) if f.startswith(p)), f)
+              for f in fields}
+    # what the dashboard reads (cloud.web.fleet.status_record) must all be written
+    assert {"backlog_rows", "backlog_age_ms", "backlog_bytes", "firmware_version",
+            "config_version", "uplink_state", DROPS_PREFIX + "*",
+            DEADLETTERS_PREFIX + "*"} <= fields
+    out["status"] = (tags, fields)
     return out
 
 

@@ -14,6 +14,12 @@ Schema (millisecond timestamps; tags in key order, as InfluxDB sorts them):
         fired_at_ms=<int>i,rule_kind=".."[,acked_by=".."][,acked_at_ms=..i]
         [,resolved_at_ms=..i][,reason=".."],values="<JSON>"  <transition time>
 
+    gateway_status,gateway=..  backlog_age_ms=..i,backlog_bytes=..i,backlog_rows=..i,
+        config_version="..",deadletters_<reason>=..i,drops_<reason>=..i,
+        firmware_version="..",uplink_down_since_ms=..i,uplink_state=".."  <report time>
+        (gateway.statusreport body; a field whose value is None is left out; the tag is the
+        batch's authenticated gateway id, not the body's)
+
 A tag that is unset (or empty) is left out.  Measurement-per-type keeps each kind's fields
 apart; the tags are the ones dashboards filter by.
 
@@ -151,6 +157,8 @@ class LineBuilder:
             return self.aggregate(e, gateway)
         if e.kind == "alert":
             return self.alert(e, gateway)
+        if e.kind == "gateway_status":
+            return self.gateway_status(e, gateway)
         raise PointRejected(f"unknown event kind {e.kind!r}", reason="unknown_event_kind")
 
     def aggregate(self, e: Event, gateway: str) -> str:
@@ -220,7 +228,43 @@ class LineBuilder:
         return f"{prefix} {','.join(fields)} {e.ts_ms}"
 
 
+    def gateway_status(self, e: Event, gateway: str) -> str:
+        """A gateway's status record (gateway.statusreport body) as a `gateway_status` point:
+        integers as integers, counters by reason flattened to `drops_<reason>` and
+        `deadletters_<reason>`, None left out (unknown is not 0)."""
+        b = e.body
+        fields: dict[str, str] = {}
+        try:
+            for name in _STATUS_INTS:
+                if b.get(name) is not None:
+                    fields[name] = _int(name, b[name])
+            for name in _STATUS_STRINGS:
+                if b.get(name) is not None:
+                    fields[name] = escape_string(str(b[name]))
+            for prefix in ("drops", "deadletters"):
+                counts = b.get(prefix) or {}
+                if not isinstance(counts, dict):
+                    raise TypeError(f"{prefix} must be a mapping")
+                for reason, n in counts.items():
+                    name = f"{prefix}_{reason}"
+                    if not _STATUS_FIELD.fullmatch(name):
+                        raise PointRejected(f"{prefix} reason {reason!r} is not a field name",
+                                            reason="malformed_event")
+                    fields[name] = _int(name, n)
+        except (TypeError, AttributeError) as exc:
+            raise PointRejected(f"gateway_status event body is malformed: {exc!r}",
+                                reason="malformed_event") from exc
+        if not fields:
+            raise PointRejected("gateway_status event without any field",
+                                reason="malformed_event")
+        body = ",".join(f"{k}={v}" for k, v in sorted(fields.items()))
+        return f"gateway_status{_tagset([('gateway', gateway)])} {body} {e.ts_ms}"
+
+
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+_STATUS_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")
+_STATUS_INTS = ("backlog_rows", "backlog_bytes", "backlog_age_ms", "uplink_down_since_ms")
+_STATUS_STRINGS = ("firmware_version", "config_version", "uplink_state")
 
 
 def _opt_str(v: Any) -> str | None:
