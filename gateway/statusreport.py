@@ -17,7 +17,9 @@ Body (`build_status_event`, pure — `now_ms` and the snapshots are arguments):
     gateway               the gateway id (also the event's device_id)
     firmware_version      `edge.__version__`
     config_version        12 hex digits of sha256 over the validated config model's JSON
-                          (`config_version`): equal for configs that mean the same
+                          (`config_version`): equal for configs that mean the same; secrets
+                          are `SecretStr`, dumped masked, so they neither enter the digest
+                          nor can be guessed from it (a changed secret alone keeps the version)
     backlog_rows          buffer rows not yet acknowledged by the cloud (claimed included)
     backlog_bytes         their estimated bytes (`BufferStats.est_bytes_by_class`)
     backlog_age_ms        age of the oldest unacknowledged row; 0 when nothing waits

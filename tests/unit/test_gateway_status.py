@@ -85,6 +85,19 @@ def test_config_version_is_stable_and_changes_with_the_config() -> None:
     assert len(config_version(b"")) == 12
 
 
+def test_config_version_of_the_gateway_config_ignores_secrets() -> None:
+    from edge.config import parse_config
+    from edge.config.gateway import GatewayConfig
+
+    def cfg(secret: str, gw: str = "gw-1") -> GatewayConfig:
+        return parse_config({"gateway": {"id": gw}, "uplink": {
+            "enabled": True, "url": "https://127.0.0.1:8443", "gateway_secret": secret}},
+            GatewayConfig)
+    assert config_version(cfg("s" * 20)) == config_version(cfg("t" * 20))
+    assert config_version(cfg("s" * 20)) != config_version(cfg("s" * 20, gw="gw-2"))
+    assert "s" * 20 not in cfg("s" * 20).model_dump_json()
+
+
 def test_event_survives_the_wire_codec() -> None:
     e = build_status_event(T0, gateway_id="gw-1", config_version="abc", buffer=_stats(),
                            uplink=UplinkStats(circuit_open=True))
