@@ -9,15 +9,19 @@
 The view is
 
     CREATE VIEW readings AS SELECT * FROM read_parquet('<root>/**/*.parquet',
-        hive_partitioning = true, hive_types = {'date': 'DATE', 'facility': 'VARCHAR'})
+        hive_partitioning = true, hive_types = {'date': 'DATE', 'facility': 'VARCHAR'},
+        union_by_name = true)
 
 so `date` and `facility` come from the directories (a filter on them skips whole
 directories) and every other column from the files (`cloud.archive.rows`: `ts` is a UTC
-TIMESTAMP, `key` the 16-byte idempotency key).  A root that is an fsspec URL (s3://...,
+TIMESTAMP; files written before the key was dropped also have `key`, NULL in the others:
+union_by_name).  A root that is an fsspec URL (s3://...,
 memory://...) is read through fsspec.  An empty archive gives an empty view.
 
 Duplicates: a reading stored twice (a rare race, see `cloud.sinks.parquet`) stays so until
-compaction merges its directory; `query_range` de-duplicates on `key` itself.
+compaction merges its directory; `query_range` de-duplicates itself, grouping by the
+inputs of the idempotency key (`Reading.idempotency_key()`: seq, else the receive time for
+a reading without sensor time, else the sensor time, with the value).
 """
 
 from __future__ import annotations
@@ -34,15 +38,16 @@ import duckdb
 
 from cloud.archive.layout import day_of, format_day
 from cloud.archive.store import ArchiveStore
+from edge.model import FLAG_TS_MISSING
 
-__all__ = ["RangeRow", "connect", "main", "query", "query_range"]
+__all__ = ["KEY_SQL", "RangeRow", "connect", "main", "query", "query_range"]
 
 _EMPTY = """CREATE VIEW readings AS SELECT * FROM (SELECT
     NULL::VARCHAR AS device_id, NULL::TIMESTAMP AS ts, NULL::DOUBLE AS value,
     NULL::VARCHAR AS measurement, NULL::VARCHAR AS unit, NULL::VARCHAR AS line,
     NULL::VARCHAR AS zone, NULL::VARCHAR AS quality, NULL::DOUBLE AS battery,
     NULL::BIGINT AS seq, NULL::BIGINT AS received_ms, NULL::BIGINT AS sensor_ts_ms,
-    NULL::INTEGER AS flags, NULL::VARCHAR AS gateway, NULL::BLOB AS key, NULL::DATE AS date,
+    NULL::INTEGER AS flags, NULL::VARCHAR AS gateway, NULL::DATE AS date,
     NULL::VARCHAR AS facility) WHERE false"""
 
 
@@ -69,7 +74,8 @@ def connect(root: str | ArchiveStore,
         return con
     con.execute(
         f"CREATE VIEW readings AS SELECT * FROM read_parquet({_sql_string(glob)}, "
-        "hive_partitioning = true, hive_types = {'date': 'DATE', 'facility': 'VARCHAR'})")
+        "hive_partitioning = true, hive_types = {'date': 'DATE', 'facility': 'VARCHAR'}, "
+        "union_by_name = true)")
     return con
 
 
@@ -95,13 +101,24 @@ class RangeRow:
     count: int
 
 
+#: a SQL expression over the `readings` columns equal for two rows exactly when their
+#: `Reading.idempotency_key()` is (its inputs, in its branches: seq; else the receive time
+#: for a reading without sensor time, else the sensor time, each with the value).  E.g.
+#: `SELECT count(DISTINCT {KEY_SQL}) FROM readings`.
+KEY_SQL = (
+    "(device_id, measurement, seq, "
+    f"CASE WHEN seq IS NULL THEN (flags & {FLAG_TS_MISSING}) <> 0 END, "
+    f"CASE WHEN seq IS NULL THEN CASE WHEN (flags & {FLAG_TS_MISSING}) <> 0 THEN received_ms "
+    "ELSE coalesce(sensor_ts_ms, epoch_ms(ts::TIMESTAMP)) END END, "
+    "CASE WHEN seq IS NULL THEN value END)")
+
 _RANGE = """
 WITH r AS (
     SELECT any_value(ts) AS ts, any_value(value) AS value
     FROM readings
     WHERE device_id = $device AND date BETWEEN $first_day AND $last_day
       AND ts >= epoch_ms($start) AND ts < epoch_ms($end) {measurement}
-    GROUP BY key
+    GROUP BY {key}
 )
 SELECT (epoch_ms(ts) // $bucket) * $bucket AS bucket_start, min(value), max(value),
        avg(value), quantile_cont(value, 0.95), count(*)
@@ -127,7 +144,8 @@ def query_range(root: str | ArchiveStore, device_id: str, start_ms: int, end_ms:
         extra = "AND measurement = $measurement"
         params["measurement"] = measurement
     try:
-        rows = con.execute(_RANGE.format(measurement=extra), params).fetchall()
+        rows = con.execute(_RANGE.format(measurement=extra, key=KEY_SQL),
+                           params).fetchall()
     finally:
         if own:
             con.close()

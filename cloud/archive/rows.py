@@ -15,8 +15,12 @@ Schema of every archive file (the directory adds `date` and `facility`):
     sensor_ts_ms  int64 (nullable)  the sensor's claimed time when it was overridden for skew
     flags         int32             edge.model FLAG_* bits
     gateway       string            dictionary; the gateway that uplinked it
-    key           fixed_size_binary(16)   `Reading.idempotency_key()`: compaction de-duplicates
-                                          on it
+
+The idempotency key is not stored: it is a hash (16 incompressible bytes, 5x the rest of a
+row) and every one of its inputs is a column — `row_keys` recomputes it, bit for bit equal
+to `Reading.idempotency_key()`, wherever de-duplication needs it (compaction, the sink's
+roll; `cloud.archive.query` groups by the same inputs).  Files written before this carry a
+`key` column; readers ignore it (compaction drops it, DuckDB reads with union_by_name).
 
 Rows of a file are sorted by device, then time (runs of one device compress well and DuckDB
 skips row groups by device statistics).  zstd; dictionaries for the strings; the
@@ -25,17 +29,20 @@ monotonic-ish integer columns use DELTA_BINARY_PACKED.
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from edge.model import Reading
+from edge.model import FLAG_TS_MISSING, Reading
 
 __all__ = ["BUFFER_SCHEMA", "SCHEMA", "dedupe", "parquet_bytes", "partition_groups",
-           "readings_batch", "sort_rows"]
+           "readings_batch", "row_keys", "sort_rows"]
 
 SCHEMA = pa.schema([
     ("device_id", pa.string()),
@@ -52,11 +59,11 @@ SCHEMA = pa.schema([
     ("sensor_ts_ms", pa.int64()),
     ("flags", pa.int32()),
     ("gateway", pa.string()),
-    ("key", pa.binary(16)),
 ])
-#: what the sink buffers: the file schema plus the partition columns of each row
-BUFFER_SCHEMA = SCHEMA.append(pa.field("_day", pa.int32())).append(
-    pa.field("_facility", pa.string()))
+#: what the sink buffers: the file schema plus each row's key (computed once, from the
+#: Reading) and partition columns
+BUFFER_SCHEMA = SCHEMA.append(pa.field("key", pa.binary(16))).append(
+    pa.field("_day", pa.int32())).append(pa.field("_facility", pa.string()))
 
 _DICTIONARY = ["device_id", "measurement", "unit", "line", "zone", "quality", "gateway"]
 _DELTA = {"ts": "DELTA_BINARY_PACKED", "received_ms": "DELTA_BINARY_PACKED",
@@ -90,17 +97,53 @@ def readings_batch(readings: Sequence[Reading], gateway: str) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=BUFFER_SCHEMA)
 
 
+_SEQ = struct.Struct(">q")
+_TIME_VALUE = struct.Struct(">qd")
+
+
+def row_keys(table: pa.Table) -> pa.FixedSizeBinaryArray:
+    """`Reading.idempotency_key()` of every row of `table` (SCHEMA columns), recomputed from
+    device_id, measurement, seq, flags, received_ms, sensor_ts_ms, ts and value.
+
+    Must stay in step with edge.model (tests/unit/test_archive_keys.py checks it on
+    arbitrary readings)."""
+    cols = [table.column(name).to_pylist() for name in
+            ("device_id", "measurement", "seq", "flags", "received_ms", "sensor_ts_ms")]
+    cols.append(table.column("ts").cast(pa.timestamp("ms")).cast(pa.int64()).to_pylist())
+    cols.append(table.column("value").to_pylist())
+    prefixes: dict[tuple[str, str], Any] = {}
+    out: list[bytes] = []
+    append = out.append
+    for device, measurement, seq, flags, received, sensor_ts, ts, value in zip(*cols):
+        prefix = prefixes.get((device, measurement))
+        if prefix is None:
+            prefix = hashlib.blake2b(digest_size=16)
+            prefix.update(device.encode() + b"\0" + measurement.encode())
+            prefixes[(device, measurement)] = prefix
+        h = prefix.copy()
+        if seq is not None:
+            h.update(b"\0s" + _SEQ.pack(seq))
+        elif flags & FLAG_TS_MISSING:
+            h.update(b"\0r" + _TIME_VALUE.pack(received, value))
+        else:
+            h.update(b"\0t" + _TIME_VALUE.pack(ts if sensor_ts is None else sensor_ts, value))
+        append(h.digest())
+    return pa.array(out, pa.binary(16))  # type: ignore[return-value]
+
+
 def sort_rows(table: pa.Table) -> pa.Table:
     """Rows by device, then time (stable: equal rows keep their order)."""
     return table.sort_by([("device_id", "ascending"), ("ts", "ascending")])
 
 
 def dedupe(table: pa.Table) -> pa.Table:
-    """The rows whose `key` has not been seen in an earlier row (the first copy wins)."""
+    """The rows whose idempotency key has not been seen in an earlier row (the first copy
+    wins).  The key is the `key` column if the table has one, else `row_keys(table)`."""
     n = table.num_rows
     if n < 2:
         return table
-    keys = table.column("key").combine_chunks()
+    keys = table.column("key").combine_chunks() if "key" in table.column_names \
+        else row_keys(table)
     if keys.null_count:
         raise ValueError("the key column must not hold nulls")
     raw = np.frombuffer(keys.buffers()[1], dtype=np.uint8,

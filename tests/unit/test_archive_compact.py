@@ -17,8 +17,8 @@ import pytest
 from cloud.archive.compact import compact, compact_dir, due_dirs, recover
 from cloud.archive.expire import expire
 from cloud.archive.layout import MANIFEST, day_of, parse_data_file, part_name, partition_dir
-from cloud.archive.query import connect, query, query_range
-from cloud.archive.rows import parquet_bytes, readings_batch, sort_rows
+from cloud.archive.query import KEY_SQL, connect, query, query_range
+from cloud.archive.rows import parquet_bytes, readings_batch, row_keys, sort_rows
 from cloud.archive.stats import archive_stats
 from cloud.archive.store import ArchiveStore
 from edge.model import Reading
@@ -57,7 +57,7 @@ def _visible_keys(store: ArchiveStore) -> list[bytes]:
     for rel_dir, name, _ in store.files():
         if name.endswith(".parquet"):
             table = pq.read_table(io.BytesIO(store.read_bytes(f"{rel_dir}/{name}")))
-            keys += table.column("key").to_pylist()
+            keys += row_keys(table).to_pylist()
     return keys
 
 
@@ -79,7 +79,7 @@ def test_compaction_merges_dedupes_and_sorts(store: ArchiveStore) -> None:
     f = parse_data_file(names[0])
     assert f is not None and f.kind == "daily"
     table = pq.read_table(io.BytesIO(store.read_bytes(f"{DIR}/{names[0]}")))
-    assert set(table.column("key").to_pylist()) == keys and table.num_rows == 200
+    assert set(row_keys(table).to_pylist()) == keys and table.num_rows == 200
     ts = table.column("ts").to_pylist()
     assert ts == sorted(ts)
     # a compacted directory is left alone ...
@@ -243,4 +243,4 @@ def test_query_view_and_range(store: ArchiveStore) -> None:
     with pytest.raises(ValueError):
         query_range(store, "dev-1", T, T, 60_000)
     con = connect(store)
-    assert con.execute("SELECT count(DISTINCT key) FROM readings").fetchone() == (650,)
+    assert con.execute(f"SELECT count(DISTINCT {KEY_SQL}) FROM readings").fetchone() == (650,)

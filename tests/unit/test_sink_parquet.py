@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cloud.archive.layout import day_of, parse_data_file, part_name, partition_dir
-from cloud.archive.query import query
-from cloud.archive.rows import parquet_bytes, readings_batch, sort_rows
+from cloud.archive.query import KEY_SQL, query
+from cloud.archive.rows import parquet_bytes, readings_batch, row_keys, sort_rows
 from cloud.archive.store import ArchiveStore
 from cloud.bus import TopicSpec
 from cloud.bus.embedded import EmbeddedBus
@@ -108,8 +108,8 @@ def _archive_keys(store: ArchiveStore) -> list[bytes]:
     keys: list[bytes] = []
     for rel_dir, name, _ in store.files():
         if name.endswith(".parquet"):
-            keys += pq.read_table(io.BytesIO(store.read_bytes(f"{rel_dir}/{name}"))) \
-                .column("key").to_pylist()
+            keys += row_keys(pq.read_table(io.BytesIO(store.read_bytes(
+                f"{rel_dir}/{name}")))).to_pylist()
     return keys
 
 
@@ -155,7 +155,7 @@ async def test_every_reading_lands_once_in_its_date_and_facility(
         assert ordered[0][0] == 0
         assert all(a[1] + 1 == b[0] for a, b in zip(ordered, ordered[1:]))
         assert ordered[-1][1] + 1 == _end_offsets(bus)[(TOPIC, partition)]
-    _, rows = query(store, "SELECT count(*), count(DISTINCT key) FROM readings")
+    _, rows = query(store, f"SELECT count(*), count(DISTINCT {KEY_SQL}) FROM readings")
     assert rows == [(len(produced), len(produced))]
     m = service.metrics
     assert m.value("fieldlink_sink_items_total", kind="reading") == len(produced)
