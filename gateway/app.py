@@ -204,6 +204,16 @@ class Gateway:
                 # the gateway must keep buffering, not restart
                 self.http.add_health_check("uplink", self.uplink.health)
 
+        # the gateway's own status (backlog, drops, versions) travels to the fleet dashboard
+        # through the buffer like any aggregate: durable, de-duplicated, sent first
+        from gateway.statusreport import StatusReporter, config_version
+
+        self.status_reporter = await self._stack.enter_async_context(StatusReporter(
+            self.buffer, gateway_id=cfg.gateway.id, config_version=config_version(cfg),
+            uplink=lambda: self.uplink.stats() if self.uplink is not None else None,
+            interval_s=60.0, clock=self.clock))
+        self.components["status_report"] = self.status_reporter
+
         if self.http is not None:
             from gateway.status import status_routes
 
