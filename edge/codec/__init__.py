@@ -8,8 +8,12 @@
     batch = decode_batch(frame)          # DecodeError subclasses only; batch.header is set
     assert batch == Batch("gw-1", 42, now_ms, readings, events)
 
+    cols = scan_batch(frame)             # the same checks, columns instead of Reading objects
+    part = encode_runs(cols, [0, 2])     # a frame of runs 0 and 2 only, without a cost search
+
 Frames are lossless, deterministic and checksummed; the byte layout and versioning rules are
-in docs/wire-format.md, the header in `edge.codec.header`, the body in `edge.codec.batch`.
+in docs/wire-format.md, the header in `edge.codec.header`, the body in `edge.codec.body`,
+columns in `edge.codec.columnar`, sub-frames in `edge.codec.subframe`.
 """
 
 from edge.codec.batch import (
@@ -21,8 +25,12 @@ from edge.codec.batch import (
     decode_batch,
     encode_batch,
     peek_header,
+    scan_batch,
 )
+from edge.codec.body import readings_of
+from edge.codec.columnar import Columns, rows_of_runs
 from edge.codec.header import COMPRESSIONS, HEADER_SIZE, MAGIC, VERSION, Header, batch_id
+from edge.codec.subframe import encode_rows, encode_runs
 
 FORMAT_VERSION = VERSION
 
@@ -36,9 +44,15 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "Batch",
+    "Columns",
     "Header",
     "batch_id",
     "decode_batch",
     "encode_batch",
+    "encode_rows",
+    "encode_runs",
     "peek_header",
+    "readings_of",
+    "rows_of_runs",
+    "scan_batch",
 ]

@@ -46,27 +46,29 @@ from typing import Any
 
 import msgpack
 
-from edge.codec.columns import decode_ints, encode_ints, expand
-from edge.codec.floats import decode_floats, encode_floats
-from edge.codec.strings import decode_strings, encode_strings
-from edge.errors import MalformedFrame, Oversize, TimestampOutOfRange, WrongType
+from edge.codec.columnar import (
+    BLOB_REF,
+    ORDER_BY_RECEIVED,
+    ORDER_EXPLICIT,
+    TIMES_ABSOLUTE,
+    TIMES_RECEIVED_RELATIVE,
+    TIMES_TS_RELATIVE,
+    Columns,
+    by_received,
+    decode_columns,
+    present_lengths,
+)
+from edge.codec.columns import encode_ints, expand
+from edge.codec.floats import encode_floats
+from edge.codec.strings import encode_strings
+from edge.errors import Oversize, TimestampOutOfRange, WrongType
 from edge.model import Event, Reading
 
-#: total characters the string table of one frame may expand to
-MAX_STRING_CHARS = 16 * 2**20
-
-_BODY_ITEMS = 12
 #: byte strings this long leave the section tree for the blob table at the body's head
 _HOIST_MIN = 64
-#: msgpack ext type of a reference into the blob table
-BLOB_REF = 1
 #: times are differenced against each other; within +-2**62 ms (146 million years) every
 #: difference stays an int64
-_TIME_LIMIT = 2**62
-#: how the order section gives the input order
-ORDER_EXPLICIT, ORDER_BY_RECEIVED = 0, 1
-#: how the times section holds ts_ms and received_ms
-TIMES_ABSOLUTE, TIMES_RECEIVED_RELATIVE, TIMES_TS_RELATIVE = 0, 1, 2
+TIME_LIMIT = 2**62
 
 
 # --------------------------------------------------------------------------- encode
@@ -83,7 +85,7 @@ def _check_ints(name: str, values: Sequence[Any], optional: bool = False,
                         field=name)
     present = [v for v in values if v is not None] if optional else values
     if present and (min(present) < -limit or max(present) >= limit):
-        error = TimestampOutOfRange if limit == _TIME_LIMIT else Oversize
+        error = TimestampOutOfRange if limit == TIME_LIMIT else Oversize
         raise error(f"{name} outside -2**{limit.bit_length() - 1}..2**"
                     f"{limit.bit_length() - 1}", field=name)
 
@@ -107,20 +109,6 @@ def _exact_float(v: int) -> bool:
         return float(v) == v
     except OverflowError:
         return False
-
-
-def _present_lengths(presence: bool | bytes, lengths: list[int]) -> list[int]:
-    """Per run, how many readings have the field."""
-    if presence is True:
-        return lengths
-    if presence is False:
-        return [0] * len(lengths)
-    out = []
-    start = 0
-    for length in lengths:
-        out.append(presence[start:start + length].count(1))
-        start += length
-    return out
 
 
 def _presence(values: Sequence[Any]) -> bool | bytes:
@@ -153,17 +141,11 @@ def _check_keys(keys: list[tuple[Any, ...]]) -> None:
                                     value=value) from e
 
 
-def _by_received(received: list[int], lengths: list[int]) -> list[int]:
-    """Run index of each reading if the input was sorted by received_ms (stable)."""
-    run_of_row = expand(range(len(lengths)), lengths)
-    return [run_of_row[i] for i in sorted(range(len(received)), key=received.__getitem__)]
-
-
 def _encode_order(order: list[int], received: list[int], lengths: list[int]) -> list[Any]:
     explicit, explicit_cost = encode_ints(order)
     # a gateway buffer drains in arrival order: then only the ties (same millisecond) and
     # the few readings committed out of order differ from a sort by received_ms
-    guess = _by_received(received, lengths)
+    guess = by_received(received, lengths)
     corrections, cost = encode_ints([a - b for a, b in zip(order, guess)])
     if cost < explicit_cost:
         return [ORDER_BY_RECEIVED, corrections]
@@ -237,9 +219,9 @@ def encode_body(readings: Sequence[Reading], events: Sequence[Event]) -> list[by
     received = [r.received_ms for r in rows]
     sensor_ts = [r.sensor_ts_ms for r in rows]
     flags = [r.flags for r in rows]
-    _check_ints("ts_ms", ts, limit=_TIME_LIMIT)
-    _check_ints("received_ms", received, limit=_TIME_LIMIT)
-    _check_ints("sensor_ts_ms", sensor_ts, optional=True, limit=_TIME_LIMIT)
+    _check_ints("ts_ms", ts, limit=TIME_LIMIT)
+    _check_ints("received_ms", received, limit=TIME_LIMIT)
+    _check_ints("sensor_ts_ms", sensor_ts, optional=True, limit=TIME_LIMIT)
     _check_ints("flags", flags)
     _check_ints("seq", seq, optional=True)
     _check_floats("value", values)
@@ -249,17 +231,17 @@ def encode_body(readings: Sequence[Reading], events: Sequence[Event]) -> list[by
     battery_spec = None
     if battery_presence is not False:
         battery_spec = encode_floats([b for b in battery if b is not None],
-                                     _present_lengths(battery_presence, lengths))[0]
+                                     present_lengths(battery_presence, lengths))[0]
     seq_presence = _presence(seq)
     seq_spec = None
     if seq_presence is not False:
         seq_spec = encode_ints([s for s in seq if s is not None],
-                               _present_lengths(seq_presence, lengths))[0]
+                               present_lengths(seq_presence, lengths))[0]
     sts_presence = _presence(sensor_ts)
     sts_spec = None
     if sts_presence is not False:
         sts_spec = encode_ints([s - t for s, t in zip(sensor_ts, ts) if s is not None],
-                               _present_lengths(sts_presence, lengths))[0]
+                               present_lengths(sts_presence, lengths))[0]
     times = _encode_times(ts, received, lengths)
 
     try:
@@ -288,6 +270,11 @@ def encode_body(readings: Sequence[Reading], events: Sequence[Event]) -> list[by
         events_bin = msgpack.packb(event_rows, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as e:
         raise WrongType(f"an event body is not msgpack-serialisable: {e}", field="body") from e
+    return assemble(sections, events_bin)
+
+
+def assemble(sections: list[Any], events_bin: bytes) -> list[bytes]:
+    """Body sections 1-10 and the events bytes -> the body as chunks (blobs hoisted)."""
     blobs: list[bytes] = []
     sections = _hoist(sections, blobs)
     packer = msgpack.Packer(use_bin_type=True)
@@ -308,7 +295,9 @@ def encode_body(readings: Sequence[Reading], events: Sequence[Event]) -> list[by
 def _hoist(node: Any, blobs: list[bytes]) -> Any:
     """Moves long byte strings out of `node` into `blobs`, leaving BLOB_REF ext markers."""
     if type(node) is list:
-        return [_hoist(item, blobs) for item in node]
+        # scalars (most items) are kept without a call
+        return [_hoist(item, blobs) if type(item) is list or isinstance(item, bytes) else item
+                for item in node]
     if isinstance(node, bytes) and len(node) >= _HOIST_MIN:
         blobs.append(node)
         index = len(blobs)
@@ -316,171 +305,45 @@ def _hoist(node: Any, blobs: list[bytes]) -> Any:
     return node
 
 
-def _blobs(table: Any) -> list[bytes]:
-    """The blob table [lengths, data] -> the blobs."""
-    if type(table) is not list or len(table) != 2:
-        raise MalformedFrame("blob table is not a [lengths, data] pair")
-    lengths, data = table
-    if (type(lengths) is not list or type(data) is not bytes
-            or any(type(n) is not int or n < 0 for n in lengths) or sum(lengths) != len(data)):
-        raise MalformedFrame("blob table lengths do not match its data")
-    out = []
-    start = 0
-    for n in lengths:
-        out.append(data[start:start + n])
-        start += n
-    return out
-
-
-def _resolve(node: Any, blobs: list[bytes]) -> Any:
-    """Inverse of `_hoist` (references are 1-based)."""
-    if type(node) is list:
-        return [_resolve(item, blobs) for item in node]
-    if type(node) is msgpack.ExtType:
-        index = int.from_bytes(node.data, "big") - 1
-        if node.code != BLOB_REF or not 0 <= index < len(blobs):
-            raise MalformedFrame(f"bad blob reference {node!r}")
-        return blobs[index]
-    return node
-
-
-
 # --------------------------------------------------------------------------- decode
-
-
-def _presence_flags(presence: Any, n: int) -> tuple[bool | bytes, int]:
-    if presence is True or presence is False:
-        return presence, n if presence else 0
-    if type(presence) is not bytes or len(presence) != n or (n and max(presence) > 1):
-        raise MalformedFrame("presence map is not true, false or one 0/1 byte per reading")
-    return presence, presence.count(1)
-
-
-def _spread(presence: bool | bytes, values: list[Any], n: int) -> list[Any]:
-    if presence is True:
-        return values
-    if presence is False:
-        return [None] * n
-    it = iter(values)
-    return [next(it) if p else None for p in presence]
-
-
-def _pair(item: Any, what: str) -> list[Any]:
-    if type(item) is not list or len(item) != 2:
-        raise MalformedFrame(f"{what} section is not a 2-item list")
-    return item
-
-
-def _indices(values: list[int], size: int, what: str) -> list[int]:
-    if values and not (0 <= min(values) and max(values) < size):
-        raise MalformedFrame(f"{what} index out of range")
-    return values
-
-
-def _decode_times(times: Any, n: int, lengths: list[int]) -> tuple[list[int], list[int]]:
-    if type(times) is not list or len(times) != 3:
-        raise MalformedFrame("times section is not a 3-item list")
-    mode, first_spec, second_spec = times
-    first = decode_ints(first_spec, n, lengths)
-    second = decode_ints(second_spec, n, lengths)
-    if mode == TIMES_ABSOLUTE:
-        return first, second
-    if mode == TIMES_RECEIVED_RELATIVE:
-        return first, [s + t for s, t in zip(second, first)]
-    if mode == TIMES_TS_RELATIVE:
-        return [s + r for s, r in zip(second, first)], first
-    raise MalformedFrame(f"unknown times mode {mode!r}")
 
 
 def decode_body(raw: bytes, reading_count: int,
                 event_count: int) -> tuple[list[Reading], list[Event]]:
     """Readings and events of a decompressed body; counts come from the frame header.
 
-    Raises MalformedFrame on inconsistencies; other exceptions from hostile input are left to
-    the caller (`edge.codec.batch.decode_batch`) to convert.
+    `edge.codec.columnar.decode_columns` does the decoding and every check; this builds the
+    readings from its columns and puts them in batch order.  Raises MalformedFrame on
+    inconsistencies; other exceptions from hostile input are left to the caller
+    (`edge.codec.batch.decode_batch`) to convert.
     """
-    body = msgpack.unpackb(raw, raw=False)
-    if type(body) is not list or len(body) != _BODY_ITEMS:
-        raise MalformedFrame(f"body is not a {_BODY_ITEMS}-item list")
-    blobs, events_bin = _blobs(body[0]), body[-1]
-    if type(events_bin) is not bytes:
-        raise MalformedFrame("events section is not bytes")
-    (strings_spec, contexts_raw, runs, order_spec, times, value_spec, battery, seq,
-     sensor_ts, flags_spec) = _resolve(body[1:-1], blobs)
-    n = reading_count
+    cols = decode_columns(raw, reading_count, event_count)
+    return readings_of(cols), cols.events
 
-    if type(runs) is not list or len(runs) != 4:
-        raise MalformedFrame("runs section is not a 4-item list")
-    n_runs = runs[0]
-    if type(n_runs) is not int or not (0 < n_runs <= n or n_runs == n == 0):
-        raise MalformedFrame(f"run count {n_runs!r} does not fit {n} readings")
-    lengths = decode_ints(runs[3], n_runs)
-    if lengths and (min(lengths) < 1 or sum(lengths) != n):
-        raise MalformedFrame("run lengths do not add up to the reading count")
-    if type(contexts_raw) is not list or len(contexts_raw) != 7:
-        raise MalformedFrame("context section is not a 7-item list")
-    n_contexts = contexts_raw[0]
-    if type(n_contexts) is not int or not (0 < n_contexts <= n_runs or n_contexts == n_runs):
-        raise MalformedFrame(f"context count {n_contexts!r} does not fit {n_runs} runs")
-    strings = decode_strings(strings_spec, n_runs + 6 * n_contexts, MAX_STRING_CHARS)
-    lookup: list[str | None] = [None, *strings]
-    context_fields = [list(map(lookup.__getitem__,
-                               _indices(decode_ints(spec, n_contexts), len(lookup), "string")))
-                      for spec in contexts_raw[1:]]
-    run_device = _indices(decode_ints(runs[1], n_runs), len(strings), "device string")
-    run_context = _indices(decode_ints(runs[2], n_runs), n_contexts, "context")
-    run_of_row = range(n) if n_runs == n else expand(range(n_runs), lengths)
 
-    ts, received_ms = _decode_times(times, n, lengths)
-    values = decode_floats(value_spec, lengths)
-
-    battery_presence, n_battery = _presence_flags(_pair(battery, "battery")[0], n)
-    battery_values: list[Any] = []
-    if n_battery:
-        battery_values = decode_floats(battery[1], _present_lengths(battery_presence, lengths))
-
-    seq_presence, n_seq = _presence_flags(_pair(seq, "seq")[0], n)
-    seq_values: list[Any] = []
-    if n_seq:
-        seq_values = decode_ints(seq[1], n_seq, _present_lengths(seq_presence, lengths))
-
-    sts_presence, n_sts = _presence_flags(_pair(sensor_ts, "sensor_ts")[0], n)
-    sts_values: list[Any] = []
-    if n_sts:
-        sts_rel = decode_ints(sensor_ts[1], n_sts, _present_lengths(sts_presence, lengths))
-        present_ts = ts
-        if isinstance(sts_presence, bytes):
-            present_ts = [t for t, p in zip(ts, sts_presence) if p]
-        sts_values = [s + t for s, t in zip(sts_rel, present_ts)]
-
-    flags = decode_ints(flags_spec, n)
-    device_of_row = list(map(run_device.__getitem__, run_of_row))
-    context_of_row = list(map(run_context.__getitem__, run_of_row))
+def readings_of(cols: Columns) -> list[Reading]:
+    """The readings of `cols`, in batch order."""
+    n = cols.n
+    context_fields: list[list[Any]] = [list(f) for f in zip(*cols.contexts)] or [[]] * 6
+    if cols.n_runs == n:
+        device_of_row: list[str] = cols.run_device
+        context_of_row: Sequence[int] = cols.run_context
+    else:
+        device_of_row = expand(cols.run_device, cols.lengths)
+        context_of_row = expand(cols.run_context, cols.lengths)
     rows = _readings([
-        list(map(strings.__getitem__, device_of_row)), ts, values,
+        device_of_row, cols.ts, cols.values,
         *(list(map(field.__getitem__, context_of_row)) if len(field) > 1 else field * n
           for field in context_fields),
-        _spread(battery_presence, battery_values, n), _spread(seq_presence, seq_values, n),
-        received_ms, _spread(sts_presence, sts_values, n), flags])
-
-    if order_spec is None:
-        readings = rows
-    else:
-        mode, spec = _pair(order_spec, "order")
-        order = decode_ints(spec, n)
-        if mode == ORDER_BY_RECEIVED:
-            order = [a + b for a, b in zip(order, _by_received(received_ms, lengths))]
-        elif mode != ORDER_EXPLICIT:
-            raise MalformedFrame(f"unknown order mode {mode!r}")
-        _indices(order, n_runs, "run")
-        runs_iters = []
-        start = 0
-        for length in lengths:
-            runs_iters.append(iter(rows[start:start + length]))
-            start += length
-        readings = [next(runs_iters[i]) for i in order]
-    event_rows = msgpack.unpackb(events_bin, raw=False, strict_map_key=False)
-    return readings, _decode_events(event_rows, event_count)
+        cols.spread(cols.battery_presence, cols.battery),
+        cols.spread(cols.seq_presence, cols.seq),
+        cols.received, cols.sensor_ts(), cols.flags])
+    if cols.grouped:
+        return rows
+    runs_iters = [iter(rows[start:start + length])
+                  for start, length in zip(cols.starts, cols.lengths)]
+    # the order was checked against the run lengths when it was decoded
+    return list(map(next, map(runs_iters.__getitem__, cols.batch_order())))
 
 
 _READING_FIELDS = tuple(Reading.__dataclass_fields__)
@@ -501,18 +364,3 @@ def _readings(columns: list[list[Any]]) -> list[Reading]:
     for setter, column in zip(_READING_SETTERS, columns):
         deque(map(setter, out, column), maxlen=0)
     return out
-
-
-def _decode_events(rows: Any, count: int) -> list[Event]:
-    if type(rows) is not list or len(rows) != count:
-        raise MalformedFrame(f"events section does not hold the {count} events announced")
-    events = []
-    for row in rows:
-        if type(row) is not list or len(row) != 5:
-            raise MalformedFrame("event is not a 5-item list")
-        kind, key, ts_ms, device_id, body = row
-        if (type(kind) is not str or type(key) is not bytes or type(ts_ms) is not int
-                or type(device_id) is not str or type(body) is not dict):
-            raise MalformedFrame("event fields have the wrong types")
-        events.append(Event(kind=kind, key=key, ts_ms=ts_ms, device_id=device_id, body=body))
-    return events

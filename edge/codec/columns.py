@@ -40,6 +40,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from itertools import accumulate, chain, repeat
+from operator import add
 from typing import Any
 
 from msgpack import packb
@@ -305,14 +306,18 @@ def decode_ints(spec: Any, count: int, lengths: Sequence[int] | None = None) -> 
     mode = spec[0]
     if mode == CENTRED and len(spec) == 3:
         mid = _int(spec[1], "centre")
-        return list(map(mid.__add__, _signed(spec[2], count)))
+        signed = _signed(spec[2], count)
+        return list(map(add, signed, repeat(mid))) if mid else signed
     if mode == RAW and len(spec) == 3:
-        return list(map(_int(spec[1], "minimum").__add__, unpack_planes(spec[2], count)))
+        low = _int(spec[1], "minimum")
+        unsigned = unpack_planes(spec[2], count)
+        return list(map(add, unsigned, repeat(low))) if low else unsigned
     if mode == DELTA and len(spec) == 4:
         first, off = _int(spec[1], "first value"), _int(spec[2], "offset")
         if count < 1:
             raise MalformedFrame("delta column with no values")
-        return list(accumulate(map(off.__add__, _signed(spec[3], count - 1)), initial=first))
+        signed = _signed(spec[3], count - 1)
+        return list(accumulate(map(add, signed, repeat(off)) if off else signed, initial=first))
     if mode == DOD and len(spec) == 4:
         first, d1 = _int(spec[1], "first value"), _int(spec[2], "first delta")
         if count < 2:
@@ -359,8 +364,10 @@ def decode_ints(spec: Any, count: int, lengths: Sequence[int] | None = None) -> 
         for head, offset, length in zip(heads, offsets, runs):
             out.append(head)
             base = head + offset
-            out += [base + i * period + r
-                    for i, r in zip(range(1, length), residuals[pos:pos + length - 1])]
+            rest = residuals[pos:pos + length - 1]
+            # x[i] = base + i * period + res[i] for i >= 1, as one C-level pass per run
+            out += (map(add, rest, repeat(base)) if period == 0 else
+                    map(add, range(base + period, base + length * period, period), rest))
             pos += length - 1
         return out
     raise MalformedFrame(f"unknown integer column mode {mode!r} with {len(spec)} fields")

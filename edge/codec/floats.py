@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
+from itertools import repeat
+from operator import truediv
 from typing import Any
 
 from edge.codec.columns import decode_ints, encode_ints
@@ -103,6 +105,28 @@ def encode_floats(values: Sequence[float], lengths: Sequence[int]) -> tuple[list
 
 def decode_floats(spec: Any, lengths: Sequence[int]) -> list[float]:
     """Inverse of `encode_floats`."""
+    values, scales, ints = decode_float_parts(spec, lengths)
+    return scaled_values(scales, ints) if values is None else values
+
+
+def scaled_values(scales: list[int], ints: list[int]) -> list[float]:
+    """The values of an fcol whose runs all share one scale (`decode_float_parts`)."""
+    # int / int is correctly rounded: exactly the operation the encoder checked
+    return list(map(truediv, ints, repeat(_POW10[scales[0]] if scales else 1)))
+
+
+def decode_float_parts(spec: Any, lengths: Sequence[int]
+                       ) -> tuple[list[float] | None, list[int], list[int]]:
+    """(values, scale of each run, scaled int of each value) of an fcol.
+
+    values is None in the common case, every run scaled by one scale: `scaled_values` gives
+    them, and they are all finite (no decodable column holds an int near 10**308), so a
+    reader that only needs to know that does not compute them.  The ints are aligned with
+    the values (0 where the run is raw, scale -1): a value of a scaled run is exactly
+    `ints[i] / 10**scales[run]`, so a re-encoder that copies scales and ints
+    (`edge.codec.subframe`) gives back the same floats bit for bit without checking them.
+    Raises MalformedFrame like `decode_floats` (it is the same decoder).
+    """
     if type(spec) is not list or len(spec) != 3:
         raise MalformedFrame("float column is not a 3-item list")
     scales = decode_ints(spec[0], len(lengths))
@@ -114,10 +138,7 @@ def decode_floats(spec: Any, lengths: Sequence[int]) -> list[float]:
     n_raw = len(blob) // 8
     total = sum(lengths)
     if n_raw == 0 and len(set(scales)) <= 1 and (not scales or scales[0] >= 0):
-        # one scale for all (the common case): int / int is correctly rounded, exactly what
-        # the encoder checked
-        ints = decode_ints(spec[1], total, lengths)
-        return list(map((_POW10[scales[0]] if scales else 1).__rtruediv__, ints))
+        return None, scales, decode_ints(spec[1], total, lengths)
     scaled_lengths = [length for k, length in zip(scales, lengths) if k >= 0]
     n_scaled = sum(scaled_lengths)
     if n_raw + n_scaled != total:
@@ -126,10 +147,14 @@ def decode_floats(spec: Any, lengths: Sequence[int]) -> list[float]:
     raws = iter(struct.unpack(f"<{n_raw}d", blob))
     scaled = iter(ints)
     out: list[float] = []
+    aligned: list[int] = []
     for k, length in zip(scales, lengths):
         if k < 0:
             out.extend(next(raws) for _ in range(length))
+            aligned += [0] * length
         else:
             s = _POW10[k]
-            out.extend(next(scaled) / s for _ in range(length))
-    return out
+            run = [next(scaled) for _ in range(length)]
+            aligned += run
+            out.extend(n / s for n in run)
+    return out, scales, aligned
