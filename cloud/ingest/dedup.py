@@ -13,7 +13,10 @@ any gateway keeps a batch) are pruned.
 gateway that crashed after sending re-batches its unacknowledged rows under new sequence
 numbers) and readings repeated inside one batch.  Identity is the one of
 `edge.model.Reading.idempotency_key` (device, measurement and seq — or sensor time and value
-when there is no seq), kept as a 64-bit hash: ~70 bytes per key.  Horizon: the last
+when there is no seq), kept as a 64-bit hash: ~70 bytes per key; `reading_identity` computes
+it from a `Reading`, `column_identities` from `edge.codec.scan_batch` columns (the same
+hashes).  `all_new` answers the common question "is every reading of this batch new?"
+without a `Reading` object; `split` picks the new readings out when some are not.  Horizon: the last
 `capacity / 2` to `capacity` readings of each gateway (two generations of capacity/2; default
 capacity 50,000: 25+ batches of 1,000, well past the few a gateway re-sends after a crash;
 small tables also stay in the CPU cache, which the per-reading lookups feel).  Keys are
@@ -37,9 +40,11 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+from edge.codec import Columns
+from edge.codec.columns import expand
 from edge.model import FLAG_TS_MISSING, Reading
 
-__all__ = ["BatchLedger", "BatchResult", "RecentKeys", "reading_identity"]
+__all__ = ["BatchLedger", "BatchResult", "RecentKeys", "column_identities", "reading_identity"]
 
 log = logging.getLogger("fieldlink.cloud.ingest")
 
@@ -196,14 +201,31 @@ class BatchLedger:
         return await asyncio.get_running_loop().run_in_executor(self._executor, delete)
 
 
+def _identity(device_id: str, measurement: str, seq: int | None, flags: int,
+              received_ms: int, sensor_ts_ms: int | None, ts_ms: int, value: float) -> int:
+    if seq is not None:
+        return hash((device_id, measurement, seq))
+    if flags & FLAG_TS_MISSING:
+        return hash((device_id, measurement, "r", received_ms, float(value).hex()))
+    sensor_time = sensor_ts_ms if sensor_ts_ms is not None else ts_ms
+    return hash((device_id, measurement, "t", sensor_time, float(value).hex()))
+
+
 def reading_identity(r: Reading) -> int:
     """64-bit hash of the identity `Reading.idempotency_key` digests (same equality)."""
-    if r.seq is not None:
-        return hash((r.device_id, r.measurement, r.seq))
-    if r.flags & FLAG_TS_MISSING:
-        return hash((r.device_id, r.measurement, "r", r.received_ms, float(r.value).hex()))
-    sensor_time = r.sensor_ts_ms if r.sensor_ts_ms is not None else r.ts_ms
-    return hash((r.device_id, r.measurement, "t", sensor_time, float(r.value).hex()))
+    return _identity(r.device_id, r.measurement, r.seq, r.flags, r.received_ms,
+                     r.sensor_ts_ms, r.ts_ms, r.value)
+
+
+def column_identities(cols: Columns) -> list[int]:
+    """`reading_identity` of every row of `edge.codec.scan_batch` columns, in row order."""
+    devices = expand(cols.run_device, cols.lengths)
+    measurements = expand([cols.contexts[c][0] for c in cols.run_context], cols.lengths)
+    if cols.seq_presence is True:
+        # every reading has a seq (the usual case): tuples built and hashed in C
+        return list(map(hash, zip(devices, measurements, cols.seq)))
+    return list(map(_identity, devices, measurements, cols.spread(cols.seq_presence, cols.seq),
+                    cols.flags, cols.received, cols.sensor_ts(), cols.ts, cols.values))
 
 
 class RecentKeys:
@@ -242,6 +264,17 @@ class RecentKeys:
                 fresh.append(r)
                 fresh_ids.append(i)
         return fresh, fresh_ids, len(readings) - len(fresh)
+
+    def all_new(self, gateway_id: str, ids: Sequence[int]) -> bool:
+        """True when no identity in `ids` is remembered for the gateway and none repeats:
+        `split` would keep every reading.  Costs a set of the ids, no per-reading Python."""
+        distinct = set(ids)
+        if len(distinct) != len(ids):
+            return False
+        gens = self._generations.get(gateway_id)
+        # isdisjoint walks the smaller side and stops at the first common key
+        return gens is None or (gens[0].keys().isdisjoint(distinct)
+                                and gens[1].keys().isdisjoint(distinct))
 
     def remember(self, gateway_id: str, ids: Sequence[int]) -> None:
         gens = self._generations.get(gateway_id)

@@ -12,9 +12,18 @@ Partition keys (`kafka.key`):
   facility nor line is keyed by its device id, so untagged devices do not all pile into one
   partition.
 * `device` — the device id.
+* `gateway` — the gateway id: a batch is never split (a device talks to one gateway, so its
+  readings still share a key); one gateway's load lands on one partition.
 
 A device's readings therefore always share a key as long as its tags do, and one key's
 records go to one partition in send order: per-device order holds end to end.
+
+Two planners: `plan_columns` works on `edge.codec.scan_batch` columns (the ingest hot path:
+a key per run, each key's readings re-encoded from the columns with `edge.codec.encode_rows`,
+no `Reading` object built), `plan_records` on decoded readings (when some readings were
+refused or dropped; also for tests and tools).  Their records hold the same readings under
+the same keys and headers; the value bytes differ (`encode_rows` does not search the
+smallest encoding), each planner being deterministic on its own.
 
 Record frames carry the batch's own gateway id, sequence and created_ms (deterministic: a
 retried batch yields byte-identical records); the Kafka headers tell the records of a batch
@@ -43,13 +52,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cloud.bus.base import OutRecord
-from edge.codec import FORMAT_VERSION, Batch, Header, encode_batch
+from edge.codec import (
+    FORMAT_VERSION,
+    Batch,
+    Columns,
+    Header,
+    encode_batch,
+    encode_rows,
+    encode_runs,
+    rows_of_runs,
+)
 from edge.model import Event, Reading
 
 __all__ = ["KEY_MODES", "RecordPlan", "deadletter_frame", "deadletter_items",
-           "key_function", "plan_records"]
+           "key_function", "plan_columns", "plan_records"]
 
-KEY_MODES = ("facility_line", "device")
+KEY_MODES = ("facility_line", "device", "gateway")
 _FORMAT = str(FORMAT_VERSION).encode()
 
 
@@ -64,6 +82,7 @@ def _device(r: Reading) -> bytes:
 
 
 def key_function(mode: str) -> Callable[[Reading], bytes]:
+    """The key of a reading (modes facility_line and device; gateway keys need the header)."""
     if mode == "facility_line":
         return _facility_line
     if mode == "device":
@@ -123,10 +142,13 @@ def _with_headers(header: Header, parts: list[tuple[bytes, bytes, int]]) -> list
             for i, (key, value, count) in enumerate(parts, 1)]
 
 
-def _group_readings(readings: list[Reading], key_mode: str) -> dict[bytes, list[Reading]]:
+def _group_readings(readings: list[Reading], key_mode: str,
+                    gateway_id: str) -> dict[bytes, list[Reading]]:
     """Readings by partition key, each group in batch order."""
     if not readings:
         return {}
+    if key_mode == "gateway":
+        return {gateway_id.encode(): list(readings)}
     # the common case, a batch of one line (or one device), costs one set pass, no calls
     if key_mode == "facility_line":
         tags = {(r.facility, r.line) for r in readings}
@@ -146,7 +168,7 @@ def plan_records(header: Header, frame: bytes, readings: list[Reading], events: 
     refused), so a frame of readings of a single key may be forwarded as it is.
     """
     plan = RecordPlan()
-    groups = _group_readings(readings, key_mode)
+    groups = _group_readings(readings, key_mode, header.gateway_id)
     if (unchanged and not events and len(groups) == 1 and len(frame) <= max_record_bytes):
         (key,) = groups
         plan.readings = _with_headers(header, [(key, frame, len(readings))])
@@ -155,6 +177,12 @@ def plan_records(header: Header, frame: bytes, readings: list[Reading], events: 
         parts = [(key, value, count) for key, group in groups.items()
                  for value, count in _frames(header, group, [], compression, max_record_bytes)]
         plan.readings = _with_headers(header, parts)
+    _plan_events(plan, header, events, compression, max_record_bytes)
+    return plan
+
+
+def _plan_events(plan: RecordPlan, header: Header, events: list[Event], compression: str,
+                 max_record_bytes: int) -> None:
     for kind, target in (("aggregate", plan.aggregates), ("alert", plan.alerts)):
         chosen = [e for e in events if e.kind == kind]
         if not chosen:
@@ -163,6 +191,73 @@ def plan_records(header: Header, frame: bytes, readings: list[Reading], events: 
         parts = [(key, value, count) for key, group in by_device.items()
                  for value, count in _frames(header, [], group, compression, max_record_bytes)]
         target.extend(_with_headers(header, parts))
+
+
+def _run_groups(cols: Columns, key_mode: str) -> dict[bytes, list[int]]:
+    """Runs by partition key (a run is one series: one device, one set of tags)."""
+    header = cols.header
+    assert header is not None
+    if key_mode == "gateway":
+        return {header.gateway_id.encode(): list(range(cols.n_runs))}
+    if key_mode == "device":
+        keys = [d.encode() for d in cols.run_device]
+    elif key_mode == "facility_line":
+        tags = [None if c[2] is None and c[3] is None else f"{c[2] or '-'}/{c[3] or '-'}"
+                for c in cols.contexts]
+        keys = [(device if tag is None else tag).encode()
+                for device, tag in zip(cols.run_device, map(tags.__getitem__, cols.run_context))]
+    else:
+        raise ValueError(f"unknown key mode {key_mode!r}; use one of {KEY_MODES}")
+    groups: dict[bytes, list[int]] = {}
+    for run, key in enumerate(keys):
+        groups.setdefault(key, []).append(run)
+    return groups
+
+
+def _run_frames(cols: Columns, runs: list[int], compression: str,
+                max_bytes: int) -> list[tuple[bytes, int]]:
+    """(frame, reading count) of these runs' readings, split until each frame fits."""
+    frame = encode_runs(cols, runs, compression)
+    if len(frame) <= max_bytes:
+        return [(frame, sum(map(cols.lengths.__getitem__, runs)))]
+    return _row_frames(cols, rows_of_runs(cols, runs), compression, max_bytes)
+
+
+def _row_frames(cols: Columns, rows: list[int], compression: str,
+                max_bytes: int) -> list[tuple[bytes, int]]:
+    """(frame, reading count) of these rows, split in halves (batch order) until each fits."""
+    frame = encode_rows(cols, rows, compression)
+    if len(frame) <= max_bytes or len(rows) <= 1:
+        return [(frame, len(rows))]
+    in_batch_order = sorted(rows, key=cols.batch_positions().__getitem__)
+    h = len(rows) // 2
+    return (_row_frames(cols, sorted(in_batch_order[:h]), compression, max_bytes)
+            + _row_frames(cols, sorted(in_batch_order[h:]), compression, max_bytes))
+
+
+def plan_columns(cols: Columns, frame: bytes, events: list[Event], *,
+                 key_mode: str = "facility_line", compression: str = "none",
+                 max_record_bytes: int = 512 * 1024, unchanged: bool = False) -> RecordPlan:
+    """The records for every reading of `cols` (the columns of `frame`) and `events`.
+
+    `unchanged`: `events` are all of the frame's events (none refused), so a frame of
+    readings of a single key may be forwarded as it is.  Raises `edge.errors.Oversize` for
+    a reading format v1 cannot carry (`cloud.ingest.validate.columns_pass` refuses those).
+    """
+    header = cols.header
+    if header is None:
+        raise ValueError("columns without a header: use edge.codec.scan_batch")
+    plan = RecordPlan()
+    groups = _run_groups(cols, key_mode) if cols.n else {}
+    if (unchanged and not events and len(groups) == 1 and len(frame) <= max_record_bytes):
+        (key,) = groups
+        plan.readings = _with_headers(header, [(key, frame, cols.n)])
+        plan.passthrough = True
+    elif groups:
+        parts = [(key, value, count) for key, runs in groups.items()
+                 for value, count in _run_frames(cols, runs, compression, max_record_bytes)]
+        plan.readings = _with_headers(header, parts)
+    _plan_events(plan, header, events, compression, max_record_bytes)
     return plan
 
 

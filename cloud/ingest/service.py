@@ -13,9 +13,12 @@
 4. batch de-duplication: a batch already produced gets its first answer again with
    `"duplicate": true` (200), even while the bus is down.  Concurrent copies of one batch wait
    for the first; only one is produced.
-5. decode and validation (`edge.codec.decode_batch`, `cloud.ingest.validate`); refused
+5. decode and validation (`edge.codec.scan_batch`, `cloud.ingest.validate`); refused
    readings/events are dead-lettered, the rest is accepted.  Reading de-duplication drops
    readings this gateway already had produced recently (`cloud.ingest.dedup.RecentKeys`).
+   The common case — every reading valid and new — is decided on the frame's columns and
+   planned from them (`records.plan_columns`) without a `Reading` object per reading; only
+   a batch with refused or repeated readings is turned into readings (`records.plan_records`).
 6. produce (`cloud.ingest.records`): every record of the batch, dead letters included, is
    sent; the answer waits until the bus acknowledged all of them.  Any failure: 503 with
    Retry-After, and the batch is NOT recorded, so the gateway's retry produces it again.
@@ -36,6 +39,7 @@ import json
 import logging
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -47,15 +51,22 @@ from cloud.bus import OutRecord, TopicSpec
 from cloud.bus.base import Bus
 from cloud.errors import FieldlinkError
 from cloud.http import ServiceHttp, tls_context
-from cloud.ingest.dedup import BatchLedger, BatchResult, RecentKeys
+from cloud.ingest.dedup import BatchLedger, BatchResult, RecentKeys, column_identities
 from cloud.ingest.metrics import IngestMetrics
-from cloud.ingest.records import deadletter_frame, deadletter_items, plan_records
+from cloud.ingest.records import (
+    RecordPlan,
+    deadletter_frame,
+    deadletter_items,
+    plan_columns,
+    plan_records,
+)
 from cloud.ingest.settings import IngestSettings
-from cloud.ingest.validate import check_events, check_readings
+from cloud.ingest.validate import check_events, check_readings, columns_pass
 from edge.backoff import Backoff
 from edge.clock import Clock, SystemClock
-from edge.codec import Header, decode_batch, peek_header
+from edge.codec import Columns, Header, peek_header, readings_of, scan_batch
 from edge.errors import DecodeError
+from edge.model import Event, Reading
 from edge.signing import AuthError, check_gateway, verify_request
 
 __all__ = ["BATCH_CONTENT_TYPE", "IngestService", "openapi_document"]
@@ -70,6 +81,22 @@ _OPENAPI = Path(__file__).with_name("openapi.json")
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3 description of the ingest API (cloud/ingest/openapi.json)."""
     return json.loads(_OPENAPI.read_text())  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """What a batch contributes: its records, the identities to remember once produced, and
+    what was refused (dead-lettered) or dropped as a duplicate."""
+
+    plan: RecordPlan
+    ids: list[int]
+    produced: int
+    duplicates: int
+    bad_readings: list[Reading]
+    reading_reasons: list[str]
+    events: list[Event]
+    bad_events: list[Event]
+    event_reasons: list[str]
 
 
 def _error(status: int, reason: str, detail: str, **headers: str) -> web.Response:
@@ -303,21 +330,43 @@ class IngestService:
             "detail": err.message, "bytes": len(body)}})
         return _error(400, err.reason, err.message)
 
+    def _plan(self, cols: Columns, body: bytes) -> _Accepted:
+        """What of the batch is accepted, and its records (pure but for `self.recent`)."""
+        s = self.settings
+        header = cols.header
+        assert header is not None
+        events, bad_events, event_reasons = check_events(cols.events)
+        if columns_pass(cols):
+            ids = column_identities(cols)
+            if self.recent.all_new(header.gateway_id, ids):
+                # the common case, every reading valid and new: planned from the columns
+                plan = plan_columns(cols, body, events, key_mode=s.key_mode,
+                                    compression=s.record_compression,
+                                    max_record_bytes=s.max_record_bytes,
+                                    unchanged=not bad_events)
+                return _Accepted(plan, ids, cols.n, 0, [], [], events, bad_events,
+                                 event_reasons)
+        # some readings are refused or seen before: find which, reading by reading
+        readings, bad_readings, reading_reasons = check_readings(readings_of(cols))
+        fresh, ids, dups = self.recent.split(header.gateway_id, readings)
+        plan = plan_records(header, body, fresh, events, key_mode=s.key_mode,
+                            compression=s.record_compression,
+                            max_record_bytes=s.max_record_bytes,
+                            unchanged=not (bad_readings or bad_events or dups))
+        return _Accepted(plan, ids, len(fresh), dups, bad_readings, reading_reasons, events,
+                         bad_events, event_reasons)
+
     async def _ingest(self, body: bytes, header: Header, now: int) -> web.Response:
         s = self.settings
         m = self.metrics
         gw = header.gateway_id
         try:
-            batch = decode_batch(body, max_frame_bytes=s.max_body_bytes)
+            cols = scan_batch(body, max_frame_bytes=s.max_body_bytes)
         except DecodeError as e:
             return await self._refuse_frame(body, e, gw, header.batch_id)
-        readings, bad_readings, reading_reasons = check_readings(batch.readings)
-        events, bad_events, event_reasons = check_events(batch.events)
-        fresh, ids, dups = self.recent.split(gw, readings)
-        unchanged = not (bad_readings or bad_events or dups)
-        plan = plan_records(header, body, fresh, events, key_mode=s.key_mode,
-                            compression=s.record_compression,
-                            max_record_bytes=s.max_record_bytes, unchanged=unchanged)
+        a = self._plan(cols, body)
+        plan, events, bad_readings, bad_events = a.plan, a.events, a.bad_readings, a.bad_events
+        reading_reasons, event_reasons, dups = a.reading_reasons, a.event_reasons, a.duplicates
         dead: list[OutRecord] = []
         for items_r, items_e, reasons in ((bad_readings, [], reading_reasons),
                                           ([], bad_events, event_reasons)):
@@ -334,7 +383,7 @@ class IngestService:
         if failure is not None:
             return self._unavailable(failure)
 
-        result = BatchResult(header.batch_id, len(fresh), len(events), dups,
+        result = BatchResult(header.batch_id, a.produced, len(events), dups,
                              len(bad_readings) + len(bad_events))
         try:
             await self.ledger.record(gw, header.sequence, now, result)
@@ -343,8 +392,8 @@ class IngestService:
             log.error("ledger write failed", extra={"fields": {"error": repr(e)}})
             return _error(503, "ledger_unavailable", str(e),
                           **{"Retry-After": str(s.retry_after_s)})
-        self.recent.remember(gw, ids)
-        m.readings.inc(len(fresh))
+        self.recent.remember(gw, a.ids)
+        m.readings.inc(a.produced)
         if plan.aggregates:
             m.events.labels("aggregate").inc(sum(1 for e in events if e.kind == "aggregate"))
         if plan.alerts:

@@ -6,13 +6,20 @@ The codec guarantees types (strings, ints, floats) and structure; ingest refuses
              non_finite              value or battery_voltage NaN or infinite
              invalid_device_id       not a device id by `edge.payload.decode` rules
              invalid_quality         quality not one of good / uncertain / bad
+             out_of_range            received_ms / sensor_ts_ms beyond +-2**62 ms, or seq /
+                                     flags beyond int64: what `edge.codec.encode_batch`
+                                     refuses, so a record could not carry the reading (only
+                                     a hand-made frame decodes to one)
     event    unknown_event_kind      kind not "aggregate" or "alert"
              timestamp_out_of_range, invalid_device_id as above
              invalid_key             idempotency key empty or longer than 64 bytes
 
 A gateway validates readings before it buffers them, so a refusal means a gateway bug or a
 tampered gateway: the refused items are dead-lettered, the others are accepted.  The common
-case (nothing to refuse) is checked column-wise, a few C-level passes per batch.
+case (nothing to refuse) is checked column-wise, a few C-level passes per batch:
+`columns_pass(cols)` on `edge.codec.scan_batch` columns says whether every reading passes
+(then no `Reading` object is needed); when it says no, `check_readings` on the decoded
+readings finds which ones fail and why.  Both apply the same rules.
 """
 
 from __future__ import annotations
@@ -20,14 +27,42 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from edge.codec import Columns
 from edge.model import MAX_TS_MS, MIN_TS_MS, Event, Quality, Reading
 from edge.payload.decode import is_valid_device_id
 
-__all__ = ["EVENT_KINDS", "check_events", "check_readings"]
+__all__ = ["EVENT_KINDS", "check_events", "check_readings", "columns_pass"]
 
 EVENT_KINDS = frozenset({"aggregate", "alert"})
 _QUALITIES = frozenset(q.value for q in Quality)
 _isfinite = math.isfinite
+#: what format v1 carries (edge.codec): times within +-2**62 ms, other integers int64
+_TIME_LIMIT = 2**62
+_INT_LIMIT = 2**63
+
+
+def _within(values: Sequence[int], limit: int) -> bool:
+    return not values or (-limit <= min(values) and max(values) < limit)
+
+
+def _ints_carried(r: Reading) -> bool:
+    return (-_TIME_LIMIT <= r.received_ms < _TIME_LIMIT
+            and (r.sensor_ts_ms is None or -_TIME_LIMIT <= r.sensor_ts_ms < _TIME_LIMIT)
+            and (r.seq is None or -_INT_LIMIT <= r.seq < _INT_LIMIT)
+            and -_INT_LIMIT <= r.flags < _INT_LIMIT)
+
+
+def columns_pass(cols: Columns) -> bool:
+    """Whether every reading of `cols` passes `check_readings` (no Reading built)."""
+    if not cols.n:
+        return True
+    ts = cols.ts
+    sensor_ts = [s for s in cols.sensor_ts() if s is not None] if cols.sts_presence else []
+    return (MIN_TS_MS <= min(ts) and max(ts) <= MAX_TS_MS and cols.all_finite()
+            and all(map(is_valid_device_id, set(cols.run_device)))
+            and {c[5] for c in cols.contexts} <= _QUALITIES
+            and _within(cols.received, _TIME_LIMIT) and _within(sensor_ts, _TIME_LIMIT)
+            and _within(cols.seq, _INT_LIMIT) and _within(cols.flags, _INT_LIMIT))
 
 
 def _reading_problem(r: Reading, bad_devices: set[str]) -> str | None:
@@ -40,6 +75,8 @@ def _reading_problem(r: Reading, bad_devices: set[str]) -> str | None:
         return "invalid_device_id"
     if r.quality not in _QUALITIES:
         return "invalid_quality"
+    if not _ints_carried(r):
+        return "out_of_range"
     return None
 
 
@@ -56,7 +93,12 @@ def check_readings(readings: Sequence[Reading]
     # overflowed merely takes the per-reading path below, which decides exactly
     if (MIN_TS_MS <= min(ts) and max(ts) <= MAX_TS_MS
             and _isfinite(sum([r.value for r in readings])) and _isfinite(sum(batteries))
-            and not bad_devices and {q for _, q in tags} <= _QUALITIES):
+            and not bad_devices and {q for _, q in tags} <= _QUALITIES
+            and _within([r.received_ms for r in readings], _TIME_LIMIT)
+            and _within([r.flags for r in readings], _INT_LIMIT)
+            and _within([r.seq for r in readings if r.seq is not None], _INT_LIMIT)
+            and _within([r.sensor_ts_ms for r in readings if r.sensor_ts_ms is not None],
+                        _TIME_LIMIT)):
         return list(readings), [], []
     accepted: list[Reading] = []
     refused: list[Reading] = []
