@@ -7,9 +7,11 @@ A directory is due once its whole day is `after_days` behind `now` and it holds 
 or more than one file (a directory with one daily file is done; late readings arriving
 afterwards add part files, and the next run merges them into a new daily file).
 
-Merging reads every data file, drops rows whose idempotency `key` an earlier row has (daily
-file first, then part files by topic, partition and offset: the first copy wins), sorts by
-device then time, and writes `daily-<digest>.parquet` (`layout.daily_name` of the inputs).
+Merging reads every data file, drops rows whose idempotency key an earlier row has (daily
+file first, then part files by topic, partition and offset: the first copy wins; the key is
+recomputed from each row's columns, `rows.row_keys` — a `key` column of files written before
+it was dropped is ignored, so compaction drops it), sorts by device then time, and writes
+`daily-<digest>.parquet` (`layout.daily_name` of the inputs).
 
 Crash safety — a reader globbing `**/*.parquet` never sees an input and the output together,
 and an interrupted run is finished (or undone) by the next:

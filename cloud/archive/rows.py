@@ -138,12 +138,14 @@ def sort_rows(table: pa.Table) -> pa.Table:
 
 def dedupe(table: pa.Table) -> pa.Table:
     """The rows whose idempotency key has not been seen in an earlier row (the first copy
-    wins).  The key is the `key` column if the table has one, else `row_keys(table)`."""
+    wins).  The key is the `key` column if the table has one (the sink's buffer); else two
+    rows have the same key exactly when they have the same key inputs (`_identity`)."""
     n = table.num_rows
     if n < 2:
         return table
-    keys = table.column("key").combine_chunks() if "key" in table.column_names \
-        else row_keys(table)
+    if "key" not in table.column_names:
+        return _dedupe_identity(table)
+    keys = table.column("key").combine_chunks()
     if keys.null_count:
         raise ValueError("the key column must not hold nulls")
     raw = np.frombuffer(keys.buffers()[1], dtype=np.uint8,
@@ -162,6 +164,44 @@ def dedupe(table: pa.Table) -> pa.Table:
         return table
     keep = np.sort(order[~repeat])
     return table.take(pa.array(keep))
+
+
+def _identity(table: pa.Table) -> list[np.ndarray]:
+    """The inputs of every row's idempotency key as integer columns, as the hash sees them:
+    device and measurement (dictionary codes), which branch (seq / receive time / sensor
+    time), its integer, and the value's bits (the hash packs the double: -0.0 and 0.0
+    differ, as they do here; the value does not count when there is a seq)."""
+    seq = table.column("seq")
+    has_seq = pc.is_valid(seq).to_numpy(zero_copy_only=False)
+    missing = (table.column("flags").to_numpy() & FLAG_TS_MISSING) != 0
+    ts = table.column("ts").cast(pa.timestamp("ms")).cast(pa.int64()).to_numpy()
+    sensor = table.column("sensor_ts_ms")
+    sensor_time = np.where(pc.is_valid(sensor).to_numpy(zero_copy_only=False),
+                           pc.fill_null(sensor, 0).to_numpy(), ts)
+    time = np.where(missing, table.column("received_ms").to_numpy(), sensor_time)
+    bits = np.ascontiguousarray(table.column("value").to_numpy(), np.float64).view(np.int64)
+    codes = [pc.dictionary_encode(table.column(name)).combine_chunks().indices.to_numpy()
+             for name in ("device_id", "measurement")]
+    return [*codes, np.where(has_seq, 0, np.where(missing, 1, 2)),
+            np.where(has_seq, pc.fill_null(seq, 0).to_numpy(), time),
+            np.where(has_seq, 0, bits)]
+
+
+def _dedupe_identity(table: pa.Table) -> pa.Table:
+    """`dedupe` by the key's inputs: exact (no hash) and vectorised — several times faster
+    than recomputing the hashes (`row_keys`), which compaction would pay for every row."""
+    n = table.num_rows
+    columns = _identity(table)
+    order = np.lexsort([np.arange(n), *reversed(columns)])  # a key's first row first
+    repeat = np.ones(n - 1, dtype=bool)
+    for c in columns:
+        s = c[order]
+        repeat &= s[1:] == s[:-1]
+    if not repeat.any():
+        return table
+    keep = np.ones(n, dtype=bool)
+    keep[1:] = ~repeat
+    return table.take(pa.array(np.sort(order[keep])))
 
 
 def parquet_bytes(table: pa.Table, *, compression_level: int = 6,
