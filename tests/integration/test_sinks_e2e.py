@@ -27,7 +27,8 @@ from test_sinks_support import (
     write_config,
 )
 
-from cloud.archive.query import query, query_range
+from cloud.archive.query import KEY_SQL, connect, query, query_range
+from cloud.archive.rows import row_keys
 
 BATCHES = 100
 PER_BATCH = 1000
@@ -109,13 +110,15 @@ async def test_sigkill_mid_batch_then_restart_stores_each_reading_once_in_both_s
     assert await asyncio.to_thread(_flux_count, influxdb.url, influxdb.token,
                                    f"{database}/hot", "temperature") == N
     # the archive: every reading once, in date and facility directories
-    columns, rows = query(str(archive), "SELECT count(*), count(DISTINCT key), "
+    columns, rows = query(str(archive), f"SELECT count(*), count(DISTINCT {KEY_SQL}), "
                                         "count(DISTINCT date), count(DISTINCT facility) "
                                         "FROM readings")
     total, distinct, dates, facilities = rows[0]
     assert (total, distinct, facilities) == (N, N, 2) and dates >= 2
-    _, keys = query(str(archive), "SELECT key FROM readings")
-    assert {bytes(k) for (k,) in keys} == expected
+    con = connect(str(archive))
+    stored = con.execute("SELECT * FROM readings").to_arrow_table()
+    con.close()
+    assert set(row_keys(stored).to_pylist()) == expected
 
     # the dashboard's range query over the archive
     device = "g0-dev-00"
@@ -141,7 +144,7 @@ def _compact_and_query_with_the_cli(cfg: Path, archive: Path) -> None:
         names = [p.name for p in directory.iterdir()]
         assert len(names) == 1 and names[0].startswith("daily-"), names
     out = _run("query", "--config", str(cfg), "--format", "json",
-               "SELECT count(*) AS n, count(DISTINCT key) AS k FROM readings")
+               f"SELECT count(*) AS n, count(DISTINCT {KEY_SQL}) AS k FROM readings")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"n": N, "k": N}
     out = _run("archive", "stats", "--config", str(cfg), "--json")
