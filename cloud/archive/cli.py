@@ -1,6 +1,7 @@
 """`fieldlink cloud archive compact|expire|stats`: upkeep of the Parquet archive.
 
     fieldlink cloud archive compact [-c FILE] [--archive PATH] [--after-days N] [--dry-run]
+        [--level N]
     fieldlink cloud archive expire  [-c FILE] [--archive PATH] [--after-days N] [--dry-run]
     fieldlink cloud archive stats   [-c FILE] [--archive PATH] [--no-rows] [--json]
 
@@ -51,6 +52,9 @@ def main(argv: Sequence[str]) -> int:
                         help="override compact_after_days / expire_after_days")
     parser.add_argument("--now", metavar="TIME", help="ISO 8601 UTC or epoch ms (default: now)")
     parser.add_argument("--dry-run", action="store_true", help="say what would be done")
+    parser.add_argument("--level", type=int, default=6, choices=range(1, 23), metavar="N",
+                        help="zstd level of the daily files (default 6; 15 writes about 10 %% "
+                             "smaller files at about a quarter of the speed)")
     parser.add_argument("--no-rows", action="store_true",
                         help="stats: skip row counts (no footer reads)")
     parser.add_argument("--json", action="store_true", help="JSON output")
@@ -98,7 +102,8 @@ def main(argv: Sequence[str]) -> int:
         if after is None:
             print("compaction is off (archive.compact_after_days is null); nothing to do")
             return 0
-        results = compact(store, now_ms, after, dry_run=args.dry_run)
+        results = compact(store, now_ms, after, dry_run=args.dry_run,
+                          compression_level=args.level)
         for r in results:
             print(json.dumps(r.as_dict()) if args.json else
                   f"{'would compact' if args.dry_run else 'compacted'} {r.directory}: "

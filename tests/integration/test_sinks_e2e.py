@@ -116,7 +116,7 @@ async def test_sigkill_mid_batch_then_restart_stores_each_reading_once_in_both_s
     total, distinct, dates, facilities = rows[0]
     assert (total, distinct, facilities) == (N, N, 2) and dates >= 2
     con = connect(str(archive))
-    stored = con.execute("SELECT * FROM readings").to_arrow_table()
+    stored = con.sql("SELECT * FROM readings").to_arrow_table()
     con.close()
     assert set(row_keys(stored).to_pylist()) == expected
 

@@ -91,3 +91,40 @@ def test_sink_refuses_a_disabled_store_and_a_bad_config(
     assert "archive.roll_seconds" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sink_cli.main(["elsewhere"])
+
+
+def test_compact_at_a_chosen_level_drops_duplicates_and_an_old_key_column(
+        archive: Path, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pyarrow.parquet as pq
+
+    from cloud.archive.rows import SCHEMA
+
+    # a file as written before the key column was dropped: read, de-duplicated, then gone
+    store = ArchiveStore(str(archive))
+    rs = [Reading(device_id="dev-0", ts_ms=T + 1000 * i, value=float(i), seq=i,
+                  facility="plant a") for i in range(0, 200, 3)]
+    old = pa.Table.from_batches([readings_batch(rs, "gw")]).select(SCHEMA.names + ["key"])
+    store.write_atomic(f"{partition_dir(day_of(T), 'plant a')}/{part_name('t', 5, 0, 9)}",
+                       _with_key(old))
+    _, rows = query_cli.query(str(archive), f"SELECT count(DISTINCT {query_cli.KEY_SQL}) "
+                                            "FROM readings")
+    assert rows == [(110 + 30,)]  # dev-0 seq 110..199 step 3 are new: 30 of them
+    now = str(T + 3 * DAY)
+    assert archive_cli.main(["compact", "--config", str(config), "--now", now, "--json",
+                             "--level", "15"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["rows_in"], result["rows_out"]) == (120 + 67, 140)
+    (daily,) = list(archive.glob("**/daily-*.parquet"))
+    assert pq.read_schema(daily).names == SCHEMA.names
+    with pytest.raises(SystemExit):
+        archive_cli.main(["compact", "--config", str(config), "--level", "0"])
+
+
+def _with_key(table: pa.Table) -> bytes:
+    import io
+
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
