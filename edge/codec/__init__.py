@@ -30,7 +30,7 @@ from edge.codec.batch import (
 from edge.codec.body import readings_of
 from edge.codec.columnar import Columns, rows_of_runs
 from edge.codec.header import COMPRESSIONS, HEADER_SIZE, MAGIC, VERSION, Header, batch_id
-from edge.codec.subframe import encode_rows, encode_runs
+from edge.codec.subframe import encode_groups, encode_rows, encode_runs
 
 FORMAT_VERSION = VERSION
 
@@ -49,6 +49,7 @@ __all__ = [
     "batch_id",
     "decode_batch",
     "encode_batch",
+    "encode_groups",
     "encode_rows",
     "encode_runs",
     "peek_header",

@@ -38,6 +38,7 @@ its own small code table instead of one table for the whole body.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Sequence
 from itertools import chain, repeat
@@ -300,9 +301,14 @@ def _hoist(node: Any, blobs: list[bytes]) -> Any:
                 for item in node]
     if isinstance(node, bytes) and len(node) >= _HOIST_MIN:
         blobs.append(node)
-        index = len(blobs)
-        return msgpack.ExtType(BLOB_REF, index.to_bytes((index.bit_length() + 7) // 8, "big"))
+        return _blob_ref(len(blobs))
     return node
+
+
+@functools.lru_cache(maxsize=256)
+def _blob_ref(index: int) -> msgpack.ExtType:
+    """The reference to blob `index` (1-based); a handful of them serve every body."""
+    return msgpack.ExtType(BLOB_REF, index.to_bytes((index.bit_length() + 7) // 8, "big"))
 
 
 # --------------------------------------------------------------------------- decode

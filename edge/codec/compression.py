@@ -25,13 +25,15 @@ GZIP_LEVEL = 9
 _local = threading.local()
 
 
-def _zstd_compressor() -> zstandard.ZstdCompressor:
-    # a compressor is not safe to share between threads; one per thread, reused
-    cctx = getattr(_local, "cctx", None)
+def _zstd_compressor(level: int = ZSTD_LEVEL) -> zstandard.ZstdCompressor:
+    # a compressor is not safe to share between threads; one per thread and level, reused
+    compressors = getattr(_local, "cctx", None)
+    if compressors is None:
+        compressors = _local.cctx = {}
+    cctx = compressors.get(level)
     if cctx is None:
-        cctx = _local.cctx = zstandard.ZstdCompressor(
-            level=ZSTD_LEVEL, write_content_size=True, write_checksum=False,
-            write_dict_id=False)
+        cctx = compressors[level] = zstandard.ZstdCompressor(
+            level=level, write_content_size=True, write_checksum=False, write_dict_id=False)
     return cctx
 
 
@@ -42,8 +44,8 @@ def _zstd_decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
-def _zstd_blocks(groups: list[bytes], total: int) -> bytes:
-    cobj = _zstd_compressor().compressobj(size=total)
+def _zstd_blocks(groups: list[bytes], total: int, level: int) -> bytes:
+    cobj = _zstd_compressor(level).compressobj(size=total)
     out = []
     for group in groups:
         out.append(cobj.compress(group))
@@ -52,22 +54,24 @@ def _zstd_blocks(groups: list[bytes], total: int) -> bytes:
     return b"".join(out)
 
 
-def compress(chunks: list[bytes], method: str) -> bytes:
+def compress(chunks: list[bytes], method: str, *, zstd_level: int = ZSTD_LEVEL) -> bytes:
     """One compressed body from the concatenation of `chunks` (head, column planes, tail).
 
     zstd is tried two ways and the smaller kept: a block per chunk (each column plane gets
     its own entropy tables, which pays when their value distributions differ) and one block
     for all the planes (which pays when they are alike and small).  Either way the output is
     a single standard zstd frame; the choice only depends on the bytes, so it is
-    deterministic.
+    deterministic.  `zstd_level`: the batch format's level by default (what the golden
+    fixtures pin); `edge.codec.subframe` compresses its records at a fast level.
     """
     body = b"".join(chunks)
     if method == "zstd":
         total = len(body)
-        split = _zstd_blocks(chunks, total)
+        split = _zstd_blocks(chunks, total, zstd_level)
         if len(chunks) <= 3:
             return split
-        merged = _zstd_blocks([chunks[0], b"".join(chunks[1:-1]), chunks[-1]], total)
+        merged = _zstd_blocks([chunks[0], b"".join(chunks[1:-1]), chunks[-1]], total,
+                              zstd_level)
         return merged if len(merged) < len(split) else split
     if method == "gzip":
         return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)

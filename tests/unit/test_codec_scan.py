@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from edge.codec import Batch, decode_batch, encode_batch, peek_header, scan_batch
 from edge.codec.body import encode_body, readings_of
 from edge.codec.columnar import Columns, rows_of_runs
-from edge.codec.columns import decode_ints
+from edge.codec.columns import decode_ints, pack_planes
 from edge.codec.header import pack_header
 from edge.codec.subframe import encode_rows, encode_runs, fast_ints
 from edge.errors import DecodeError, Oversize
@@ -294,12 +294,17 @@ def test_subframes_refuse_bad_rows_and_columns_without_header() -> None:
     assert rows_of_runs(scan_batch(encode_batch(BASE)), []) == []
 
 
-def test_out_of_range_values_from_a_hostile_frame_are_oversize() -> None:
-    # a decodable frame whose received_ms are beyond what encode_batch accepts
+def test_values_beyond_int64_still_round_trip_and_a_2_64_span_is_oversize() -> None:
+    # decodable frames whose received_ms encode_batch would refuse
     tree = msgpack.unpackb(BASE_BODY, raw=False, strict_map_key=False)
-    tree[5] = [0, tree[5][1], 2**63 - 1]
+    n = len(BASE.readings)
+    tree[5] = [0, tree[5][1], 2**64 - 1]
     frame = _seal(msgpack.packb(tree, use_bin_type=True))
     cols = scan_batch(frame)
+    part = decode_batch(encode_runs(cols, range(cols.n_runs)))
+    assert _bits(part.readings) == _bits(decode_batch(frame).readings)
+    tree[5] = [0, tree[5][1], [1, 0, pack_planes([0] * (n - 1) + [2**65])]]
+    cols = scan_batch(_seal(msgpack.packb(tree, use_bin_type=True)))
     with pytest.raises(Oversize):
         encode_runs(cols, [0])
 
