@@ -58,8 +58,8 @@ from edge.codec import (
     Columns,
     Header,
     encode_batch,
+    encode_groups,
     encode_rows,
-    encode_runs,
     rows_of_runs,
 )
 from edge.model import Event, Reading
@@ -214,15 +214,6 @@ def _run_groups(cols: Columns, key_mode: str) -> dict[bytes, list[int]]:
     return groups
 
 
-def _run_frames(cols: Columns, runs: list[int], compression: str,
-                max_bytes: int) -> list[tuple[bytes, int]]:
-    """(frame, reading count) of these runs' readings, split until each frame fits."""
-    frame = encode_runs(cols, runs, compression)
-    if len(frame) <= max_bytes:
-        return [(frame, sum(map(cols.lengths.__getitem__, runs)))]
-    return _row_frames(cols, rows_of_runs(cols, runs), compression, max_bytes)
-
-
 def _row_frames(cols: Columns, rows: list[int], compression: str,
                 max_bytes: int) -> list[tuple[bytes, int]]:
     """(frame, reading count) of these rows, split in halves (batch order) until each fits."""
@@ -254,8 +245,14 @@ def plan_columns(cols: Columns, frame: bytes, events: list[Event], *,
         plan.readings = _with_headers(header, [(key, frame, cols.n)])
         plan.passthrough = True
     elif groups:
-        parts = [(key, value, count) for key, runs in groups.items()
-                 for value, count in _run_frames(cols, runs, compression, max_record_bytes)]
+        parts: list[tuple[bytes, bytes, int]] = []
+        frames = encode_groups(cols, list(groups.values()), compression)
+        for (key, runs), value in zip(groups.items(), frames):
+            if len(value) <= max_record_bytes:
+                parts.append((key, value, sum(map(cols.lengths.__getitem__, runs))))
+            else:
+                parts += [(key, v, count) for v, count in _row_frames(
+                    cols, rows_of_runs(cols, runs), compression, max_record_bytes)]
         plan.readings = _with_headers(header, parts)
     _plan_events(plan, header, events, compression, max_record_bytes)
     return plan
