@@ -170,8 +170,9 @@ class KafkaSection(StrictModel):
     replication_factor: int = Field(default=1, ge=1)
     topics: KafkaTopics = KafkaTopics()
     #: record key: all devices of a production line in one partition (ordered together),
-    #: or one key per device (spreads load more evenly)
-    key: Literal["facility_line", "device"] = "facility_line"
+    #: one key per device (spreads load more evenly), or one per gateway (a batch is never
+    #: split: the cheapest for ingest; a device talks to one gateway, so it stays ordered)
+    key: Literal["facility_line", "device", "gateway"] = "facility_line"
 
     @pydantic.field_validator("bootstrap_servers")
     @classmethod

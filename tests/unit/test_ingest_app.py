@@ -26,7 +26,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _config(tmp_path: Path, port: int) -> Path:
+def _config(tmp_path: Path, port: int, key: str = "facility_line") -> Path:
     path = tmp_path / "cloud.yaml"
     path.write_text(f"""
 cloud:
@@ -37,6 +37,7 @@ ingest:
     gw-1: {SECRET}
 kafka:
   bootstrap_servers: []
+  key: {key}
   topics:
     readings: {{name: r, partitions: 2}}
 influxdb: {{enabled: false}}
@@ -99,3 +100,13 @@ def test_invalid_config_exits_1(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("ingest:\n  port: not-a-port\n")
     assert main(["--config", str(bad)]) == 1
+
+
+def test_every_record_key_mode_of_the_config_reaches_the_settings(tmp_path: Path) -> None:
+    from cloud.ingest.records import KEY_MODES
+    from cloud.ingest.settings import IngestSettings
+    from edge.config.cloud import load_cloud_config
+
+    for mode in KEY_MODES:
+        cfg = load_cloud_config(_config(tmp_path, 8700, key=mode))
+        assert IngestSettings.from_config(cfg).key_mode == mode

@@ -321,3 +321,21 @@ async def test_device_key_mode(tmp_path: Path) -> None:
     assert sorted(r.key or b"" for r in records) == [f"dev-{i}".encode() for i in range(6)]
     for rec in records:
         assert {x.device_id.encode() for x in decode_batch(rec.value).readings} == {rec.key}
+
+
+async def test_gateway_key_mode_forwards_a_many_line_batch_whole(tmp_path: Path) -> None:
+    settings = IngestSettings(ledger_path=tmp_path / "l.sqlite3", secrets=SECRETS, port=0,
+                              topics=TOPICS, topic_specs=SPECS, key_mode="gateway")
+    async with EmbeddedBus(tmp_path / "bus.sqlite3") as bus, \
+            IngestService(settings, bus) as service, aiohttp.ClientSession() as http:
+        assert await service.wait_ready(5)
+        rs = readings(30, lines=3)
+        frame = frame_of(rs)
+        headers = sign_request(SECRETS["gw-1"], "gw-1", frame, service.clock.now_ms())
+        headers["Content-Type"] = BATCH_CONTENT_TYPE
+        async with http.post(service.url + "/v1/batches", data=frame, headers=headers) as r:
+            assert r.status == 200 and (await r.json())["readings"] == 30
+        async with bus.consumer("g", [TOPICS.readings]) as c:
+            records = await c.getmany(timeout_ms=1000)
+    assert [(r.key, r.value) for r in records] == [(b"gw-1", frame)]
+    assert decode_batch(records[0].value).readings == rs
