@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.ingest.dedup import RecentKeys, reading_identity
-from cloud.ingest.records import deadletter_frame, deadletter_items, plan_records
-from cloud.ingest.validate import check_events, check_readings
-from edge.codec import Batch, decode_batch, encode_batch, peek_header
+from cloud.ingest.dedup import RecentKeys, column_identities, reading_identity
+from cloud.ingest.records import (
+    KEY_MODES,
+    deadletter_frame,
+    deadletter_items,
+    plan_columns,
+    plan_records,
+)
+from cloud.ingest.validate import check_events, check_readings, columns_pass
+from edge.codec import Batch, Columns, decode_batch, encode_batch, peek_header, scan_batch
+from edge.errors import ValidationError
 from edge.model import FLAG_CLOCK_SKEW, FLAG_TS_MISSING, Event, Reading
 
 T0 = 1_705_322_445_000
@@ -175,9 +183,194 @@ def test_identity_tells_negative_zero_apart_like_the_key() -> None:
     assert reading_identity(a) != reading_identity(b)
 
 
-@pytest.mark.parametrize("mode", ["facility_line", "device"])
+@pytest.mark.parametrize("mode", KEY_MODES)
 def test_plan_accepts_every_key_mode(mode: str) -> None:
     readings = _readings(10)
     frame = _frame(readings)
     assert _decode_all(plan_records(peek_header(frame), frame, readings, [],
                                     key_mode=mode).readings)
+
+
+# --------------------------------------------------------------------------- column path
+
+
+def _cols(readings: list[Reading], events: list[Event] | None = None) -> tuple[Columns, bytes]:
+    frame = _frame(readings, events)
+    return scan_batch(frame), frame
+
+
+def _by_key(records) -> dict[bytes, str]:  # type: ignore[no-untyped-def]
+    """Each key's readings (as their repr: NaN equals NaN, -0.0 is not 0.0)."""
+    out: dict[bytes, list[Reading]] = {}
+    for key, value, _ in records:
+        out.setdefault(key, []).extend(decode_batch(value).readings)
+    return {key: repr(readings) for key, readings in out.items()}
+
+
+def _headers_but_value(records) -> list[tuple[bytes, list[tuple[str, bytes]]]]:  # type: ignore[no-untyped-def]
+    return [(key, headers) for key, _, headers in records]
+
+
+@pytest.mark.parametrize("mode", ["facility_line", "device", "gateway"])
+def test_column_plan_has_the_records_of_the_reading_plan(mode: str) -> None:
+    events = [Event("aggregate", b"k" * 16, T0, "dev-1", {"mean": 1.5})]
+    readings = _readings(90, lines=3)[::-1] + [Reading("untagged", T0, 1.0)]
+    cols, frame = _cols(readings, events)
+    by_columns = plan_columns(cols, frame, events, key_mode=mode, unchanged=True)
+    by_readings = plan_records(peek_header(frame), frame, readings, events, key_mode=mode,
+                               unchanged=True)
+    assert _headers_but_value(by_columns.readings) == _headers_but_value(by_readings.readings)
+    assert _by_key(by_columns.readings) == _by_key(by_readings.readings)
+    assert by_columns.aggregates == by_readings.aggregates
+    assert not by_columns.passthrough  # the frame holds an event: readings are re-encoded
+
+
+def test_gateway_key_forwards_any_batch_as_received() -> None:
+    readings = _readings(60, lines=3)
+    cols, frame = _cols(readings)
+    for plan in (plan_columns(cols, frame, [], key_mode="gateway", unchanged=True),
+                 plan_records(peek_header(frame), frame, readings, [], key_mode="gateway",
+                              unchanged=True)):
+        assert plan.passthrough and [(k, v) for k, v, _ in plan.readings] == [(b"gw-1", frame)]
+    assert "gateway" in KEY_MODES
+
+
+def test_column_plan_forwards_a_single_key_batch_and_splits_oversize_in_order() -> None:
+    readings = _readings(400, lines=1)
+    cols, frame = _cols(readings)
+    plan = plan_columns(cols, frame, [], unchanged=True)
+    assert plan.passthrough and plan.readings[0][1] == frame
+    cut = plan_columns(cols, frame, [], unchanged=True, max_record_bytes=900)
+    assert not cut.passthrough and len(cut.readings) > 2
+    assert all(len(v) <= 900 for _, v, _ in cut.readings)
+    assert _decode_all(cut.readings) == readings
+    assert [dict(h)["fl-part"] for _, _, h in cut.readings][-1] == \
+        f"{len(cut.readings)}/{len(cut.readings)}".encode()
+    with pytest.raises(ValueError):
+        plan_columns(cols, frame, [], key_mode="random")
+
+
+def test_column_plan_keys_untagged_devices_by_device() -> None:
+    readings = [Reading("d1", T0, 1.0), Reading("d2", T0, 2.0, line="7"),
+                Reading("d3", T0, 3.0, facility="f")]
+    cols, frame = _cols(readings)
+    assert sorted(_by_key(plan_columns(cols, frame, []).readings)) == [b"-/7", b"d1", b"f/-"]
+
+
+def test_all_new_agrees_with_split() -> None:
+    keys = RecentKeys(capacity=100)
+    a = _readings(8)
+    ids = [reading_identity(r) for r in a]
+    assert keys.all_new("gw-1", ids)
+    assert not keys.all_new("gw-1", ids + ids[:1])  # a repeat inside the batch
+    keys.remember("gw-1", ids[:3])
+    assert not keys.all_new("gw-1", ids) and keys.split("gw-1", a)[2] == 3
+    assert keys.all_new("gw-1", ids[3:]) and keys.all_new("gw-2", ids)
+
+
+_maybe_bad = st.one_of(st.just(None), st.sampled_from(["nan", "ts", "device", "quality",
+                                                       "received", "seq", "inf_battery"]))
+
+
+@st.composite
+def _batch_readings(draw: st.DrawFn) -> list[Reading]:
+    """A few sensors in turn; sometimes one reading made invalid, seq sometimes absent."""
+    n_devices = draw(st.integers(1, 4))
+    out = []
+    for i in range(draw(st.integers(1, 30))):
+        d = i % n_devices
+        has_seq = draw(st.booleans()) if d == 0 else True
+        r = Reading(f"dev-{d}", T0 + 1000 * i, 20 + draw(st.integers(-50, 50)) / 10,
+                    measurement=draw(st.sampled_from(["temperature", "humidity"])),
+                    unit="celsius", facility=draw(st.sampled_from(["p", None])),
+                    line=str(d % 2), battery_voltage=draw(st.sampled_from([None, 3.7])),
+                    seq=i // n_devices if has_seq else None, received_ms=T0 + 1000 * i + 3,
+                    sensor_ts_ms=draw(st.sampled_from([None, T0 - 7])),
+                    flags=draw(st.sampled_from([0, FLAG_TS_MISSING, FLAG_CLOCK_SKEW])))
+        bad = draw(_maybe_bad)
+        if bad == "nan":
+            r = replace(r, value=math.nan)
+        elif bad == "ts":
+            r = replace(r, ts_ms=5, received_ms=5)
+        elif bad == "device":
+            r = replace(r, device_id="bad id/x#")
+        elif bad == "quality":
+            r = replace(r, quality="great")
+        elif bad == "received":
+            r = replace(r, received_ms=2**62)
+        elif bad == "seq":
+            r = replace(r, seq=2**63)
+        elif bad == "inf_battery":
+            r = replace(r, battery_voltage=math.inf)
+        out.append(r)
+    return out
+
+
+def _hand_made(readings: list[Reading]) -> bytes:
+    """A frame even of readings `encode_batch` refuses (integers beyond what it carries):
+    their columns are written raw, as a hand-made frame could."""
+    try:
+        return _frame(readings)
+    except ValidationError:
+        tamed = [replace(r, received_ms=min(r.received_ms, 2**62 - 1),
+                         seq=None if r.seq is None else min(r.seq, 2**63 - 1))
+                 for r in readings]
+        return _frame(tamed)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_batch_readings())
+def test_columns_pass_and_identities_agree_with_the_reading_checks(
+        readings: list[Reading]) -> None:
+    frame = _hand_made(readings)
+    cols = scan_batch(frame)
+    decoded = decode_batch(frame).readings
+    assert columns_pass(cols) == (check_readings(decoded)[1] == [])
+    ids = column_identities(cols)
+    in_batch_order = [0] * cols.n
+    for row, position in enumerate(cols.batch_positions()):
+        in_batch_order[position] = ids[row]
+    assert in_batch_order == [reading_identity(r) for r in decoded]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_batch_readings(), st.sampled_from(["facility_line", "device", "gateway"]))
+def test_column_plan_matches_the_reading_plan(readings: list[Reading], mode: str) -> None:
+    frame = _hand_made(readings)
+    cols = scan_batch(frame)
+    decoded = decode_batch(frame).readings
+    by_columns = plan_columns(cols, frame, [], key_mode=mode, unchanged=True)
+    by_readings = plan_records(peek_header(frame), frame, decoded, [], key_mode=mode,
+                               unchanged=True)
+    assert _headers_but_value(by_columns.readings) == _headers_but_value(by_readings.readings)
+    assert _by_key(by_columns.readings) == _by_key(by_readings.readings)
+    assert by_columns.passthrough == by_readings.passthrough
+
+
+def test_out_of_range_integers_are_refused() -> None:
+    good = _readings(2)
+    bad = [replace(good[0], received_ms=2**62), replace(good[0], seq=-(2**63) - 1),
+           replace(good[0], flags=2**63), replace(good[0], sensor_ts_ms=-(2**62) - 1)]
+    accepted, refused, reasons = check_readings([*bad, good[1]])
+    assert accepted == [good[1]] and refused == bad
+    assert reasons == ["out_of_range"] * 4
+
+
+def test_a_hand_made_frame_with_out_of_range_integers_takes_the_refusing_path() -> None:
+    import msgpack
+
+    from edge.codec import readings_of
+    from edge.codec.body import encode_body
+    from edge.codec.header import pack_header
+
+    readings = _readings(12)
+    tree = msgpack.unpackb(b"".join(encode_body(readings, [])), raw=False,
+                           strict_map_key=False)
+    tree[5] = [0, tree[5][1], 2**63 - 1]   # every received_ms beyond +-2**62
+    body = msgpack.packb(tree, use_bin_type=True)
+    frame = pack_header(compression="none", gateway_id="gw-1", sequence=1, created_ms=T0,
+                        reading_count=12, event_count=0, body=body, raw_len=len(body)) + body
+    cols = scan_batch(frame)
+    assert not columns_pass(cols)
+    accepted, refused, reasons = check_readings(readings_of(cols))
+    assert not accepted and len(refused) == 12 and set(reasons) == {"out_of_range"}
