@@ -1,20 +1,22 @@
 """Cloud ingest throughput into the real Kafka broker: readings per second per core.
 
     .venv/bin/python tests/bench/cloud_ingest.py [--gateways 20] [--concurrency 2]
-        [--batches 30] [--layout line|mixed] [--bus kafka|embedded] [--profile FILE]
+        [--batches 30] [--layout line|mixed] [--key facility_line|device|gateway]
+        [--bus kafka|embedded] [--profile FILE]
 
 The ingest service runs as its own process (`python -m cloud.ingest.app`, config written to
 a temp dir: the broker of tests/integration/services.py — started if it is not running —
-zstd, key facility_line, fresh topics).  This process is the load: `--gateways` simulated
-gateways, each with `--concurrency` requests in flight, post `--batches` batches each of
-1000 readings, generated deterministically (seeded) and encoded with `edge.codec` (zstd),
-signed with `edge.signing` just before sending.
+zstd, record key `--key` (default facility_line), fresh topics).  This process is the load:
+`--gateways` simulated gateways, each with `--concurrency` requests in flight, post
+`--batches` batches each of 1000 readings, generated deterministically (seeded) and encoded
+with `edge.codec` (zstd), signed with `edge.signing` just before sending.
 
 Data (per gateway, 50 devices at 1 Hz, 20 s per batch, arrival order): temperature random
 walk at 0.01 degC, battery stepping down in 0.01 V, seq per device, 0-4 ms timestamp jitter,
 received_ms = ts_ms + 1-5 ms.  `--layout line`: a gateway serves one production line (all
 its devices share facility/line: one partition key per batch, forwarded as received);
-`mixed`: its devices spread over 5 lines (each batch is split into 5 re-encoded records).
+`mixed`: its devices spread over 5 lines (with key facility_line each batch is split into 5
+records re-encoded from its columns; with key gateway it is forwarded whole).
 
 Measured over the whole posting phase:
 
@@ -122,7 +124,7 @@ def _secret(g: int) -> str:
 
 
 def write_config(work: Path, port: int, bootstrap: str | None, gateways: int,
-                 suffix: str) -> Path:
+                 suffix: str, key: str = "facility_line") -> Path:
     secrets = "\n".join(f"    gw-{g:02d}: {_secret(g)}" for g in range(gateways))
     servers = f"[{bootstrap}]" if bootstrap else "[]"
     cfg = work / "cloud.yaml"
@@ -136,7 +138,7 @@ ingest:
 kafka:
   bootstrap_servers: {servers}
   compression: zstd
-  key: facility_line
+  key: {key}
   topics:
     readings: {{name: bench.readings.{suffix}, partitions: 6}}
     aggregates: {{name: bench.aggregates.{suffix}, partitions: 3}}
@@ -255,7 +257,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         work = Path(tmp)
         port = _free_port()
         suffix = uuid.uuid4().hex[:8]
-        cfg = write_config(work, port, bootstrap, args.gateways, suffix)
+        cfg = write_config(work, port, bootstrap, args.gateways, suffix, args.key)
         cmd = [sys.executable, "-m", "cloud.ingest.app", "--config", str(cfg)]
         if args.profile:
             cmd = [sys.executable, "-m", "cProfile", "-o", args.profile, "-m",
@@ -301,7 +303,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     duplicates_ok = dup_answers and accepted == readings_total and (
         in_topic is None or in_topic == readings_total + warm_readings)
     return {
-        "bus": args.bus, "layout": args.layout, "gateways": args.gateways,
+        "bus": args.bus, "layout": args.layout, "key": args.key, "gateways": args.gateways,
         "concurrency": args.concurrency, "batches": len(latencies),
         "readings_accepted": accepted,
         "readings_per_s_per_core": round(accepted / cpu) if cpu else None,
@@ -327,6 +329,8 @@ def main() -> None:
                         help="requests in flight per gateway")
     parser.add_argument("--batches", type=int, default=30, help="batches per gateway")
     parser.add_argument("--layout", choices=("line", "mixed"), default="line")
+    parser.add_argument("--key", choices=("facility_line", "device", "gateway"),
+                        default="facility_line", help="kafka.key: the record key")
     parser.add_argument("--bus", choices=("kafka", "embedded"), default="kafka")
     parser.add_argument("--profile", metavar="FILE", help="run ingest under cProfile")
     result = asyncio.run(bench(parser.parse_args()))
