@@ -146,6 +146,11 @@ def plan_batch(records: Sequence[Record], dialect: str
                 row = _row(event["after"], by_name, dialect)
                 row[META[0]] = r.partition
                 row[META[1]] = source.get("lsn")
+                earlier = table_pending.get(r.key)
+                if earlier is not None and earlier[1] == "upsert":
+                    # values not sent this time (unchanged TOAST) come from the earlier
+                    # event of this poll, which is collapsed away
+                    row = {**earlier[2], **row}
                 table_pending[r.key] = (r.partition, "upsert", row)
             elif op == "d":
                 key_values = json.loads(r.key)

@@ -311,8 +311,9 @@ async def converge(cdc: Cdc, read_warehouse: Any, *, within_s: float = 120) -> i
         extra = sorted(set(got or []) - set(want))
         report.append(f"{name}: {len(missing)} rows missing or different, {len(extra)} "
                       f"extra or stale; e.g. {missing[:3]} vs {extra[:3]}")
+    log = cdc.log.read_text()[-3000:] if cdc.log.exists() else ""
     pytest.fail(f"warehouse != source after {within_s} s:\n" + "\n".join(report) +
-                f"\n{cdc.log.read_text()[-3000:]}")
+                f"\n{log}")
 
 
 async def test_snapshot_during_writes_then_stream_then_sigkill_and_restart(
