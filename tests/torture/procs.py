@@ -89,8 +89,10 @@ class Proc:
     """
 
     def __init__(self, name: str, args: list[str], log: Path, *,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, finishes: bool = False) -> None:
         self.name = name
+        #: a process that ends by itself (a fleet): exit status 0 is its normal end
+        self.finishes = finishes
         self.args = args
         self.log = log
         self.env = env
@@ -126,6 +128,9 @@ class Proc:
     def judge(self) -> None:
         """Count a crash if the current process ended without the suite ending it."""
         if self.proc is None or self.proc.poll() is None or self._ended_by_us:
+            return
+        if self.finishes and self.proc.returncode == 0:
+            self._ended_by_us = True
             return
         self.crashes += 1
         self.crash_notes.append(f"{self.name} exited {self.proc.returncode} on its own")
@@ -191,8 +196,10 @@ class Procs:
         self.run_dir = run_dir
         self.all: list[Proc] = []
 
-    def add(self, name: str, args: list[str], *, env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(name, args, self.run_dir / "logs" / f"{name}.log", env=env)
+    def add(self, name: str, args: list[str], *, env: dict[str, str] | None = None,
+            finishes: bool = False) -> Proc:
+        proc = Proc(name, args, self.run_dir / "logs" / f"{name}.log", env=env,
+                    finishes=finishes)
         self.all.append(proc)
         return proc
 

@@ -55,6 +55,11 @@ class Options:
     #: InfluxDB outage in the cloud-faults scenario (None: 120 s, quick 8 s)
     influx_down_s: float | None = None
     seed: int = 20240601
+    #: cloud_faults: restart the (throwaway) Kafka broker (None: yes)
+    kafka_restart: bool | None = None
+    #: hostile_input: raw MQTT cases and schemathesis examples (None: 3000/1000, quick 300/100)
+    mqtt_cases: int | None = None
+    api_examples: int | None = None
 
     @property
     def n_trials(self) -> int:
@@ -175,7 +180,7 @@ class Site:
         args = [*FIELDLINK, "sim", "run", "--config", str(cfg), "--duration", str(duration_s),
                 "--seed", str(seed if seed is not None else self.ctx.rng.randrange(1 << 30)),
                 "--ledger", str(ledger), "--json", "--quiet", *(extra or [])]
-        proc = self.procs.add(f"sim-{prefix}", args).start()
+        proc = self.procs.add(f"sim-{prefix}", args, finishes=True).start()
         self.ledgers.append(ledger)
         self.sims.append(proc)
         return proc, ledger

@@ -5,7 +5,9 @@ Kafka and InfluxDB are throwaway instances on their own ports and state director
 (`deploy/local/services/{kafka,influxdb}.sh` with `FIELDLINK_VAR` and the port variables),
 so the shared services other tests use are never stopped.  In order:
 
-1. the broker is stopped and started again (`kafka.sh stop`, a pause, `start`);
+1. the broker is stopped and started again (`kafka.sh stop`, a pause, `start`) — skipped
+   with `Options.kafka_restart=False` (the short test: the shared broker serves instead,
+   and is never stopped);
 2. influxd is stopped for `--influx-down-s` (default 120 s) and started again;
 3. each sink is SIGKILLed while it consumes (its batch in memory, its offsets not yet
    committed) and restarted, several times.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 
-from ..procs import ServiceMissing, Throwaway, run_cli, wait_until
+from ..procs import ServiceMissing, Throwaway, run_cli, shared_service, wait_until
 from ..readback import StoreContents, group_lag, parquet_readings
 from ..report import ScenarioResult, progress
 from ..site import Context, Site
@@ -29,7 +31,7 @@ from ..tally import Expected
 NAME = "cloud_faults"
 
 
-def _start_both(kafka: Throwaway, influx: Throwaway) -> None:
+def _start_all(services: list[Throwaway]) -> None:
     errors: list[BaseException] = []
 
     def start(svc: Throwaway) -> None:
@@ -39,7 +41,7 @@ def _start_both(kafka: Throwaway, influx: Throwaway) -> None:
             errors.append(exc)
 
     threads = [threading.Thread(target=start, args=(s,), name=f"torture-start-{s.kind}")
-               for s in (kafka, influx)]
+               for s in services]
     for t in threads:
         t.start()
     for t in threads:
@@ -61,23 +63,28 @@ def _compact(site: Site) -> StoreContents:
 def run(ctx: Context) -> ScenarioResult:
     result = ScenarioResult(NAME)
     quick = ctx.opts.quick
-    root = ctx.run_dir / NAME / "services"
-    kafka = Throwaway("kafka", root)
+    # beside the site directory, which the site clears when it is created
+    root = ctx.run_dir / f"{NAME}-services"
+    restart_kafka = ctx.opts.kafka_restart is not False
     influx = Throwaway("influxdb", root)
+    kafka: Throwaway | None = Throwaway("kafka", root) if restart_kafka else None
     t_start = time.monotonic()
-    progress(f"{NAME}: starting a throwaway Kafka (port {kafka.port}) and influxd "
-             f"(port {influx.port})")
+    progress(f"{NAME}: starting a throwaway influxd (port {influx.port})"
+             + (f" and Kafka (port {kafka.port})" if kafka else ""))
+    throwaways = [s for s in (kafka, influx) if s is not None]
     try:
-        _start_both(kafka, influx)
+        _start_all(throwaways)
+        # without a broker restart the shared broker serves: it is never stopped here
+        bootstrap = kafka.bootstrap if kafka else shared_service("kafka").bootstrap_servers
     except ServiceMissing as exc:
         result.skipped = str(exc)
-        for svc in (kafka, influx):
+        for svc in throwaways:
             try:
                 svc.stop()
             except Exception:  # noqa: BLE001 - best effort
                 pass
         return result
-    site = Site(ctx, NAME, kafka=kafka.bootstrap, influx_url=influx.url)
+    site = Site(ctx, NAME, kafka=bootstrap, influx_url=influx.url)
     recovery: dict[str, float] = {}
     try:
         site.cloud.start()
@@ -87,8 +94,7 @@ def run(ctx: Context) -> ScenarioResult:
         topics = {"influxdb": [t.readings, t.aggregates, t.alerts], "parquet": [t.readings]}
 
         def lag() -> int:
-            return sum(group_lag(kafka.bootstrap, site.cloud.groups[k], topics[k])
-                       for k in topics)
+            return sum(group_lag(bootstrap, site.cloud.groups[k], topics[k]) for k in topics)
 
         def recovered(fault: str, timeout_s: float = 300) -> None:
             t0 = time.monotonic()
@@ -98,14 +104,15 @@ def run(ctx: Context) -> ScenarioResult:
             recovery[fault] = round(time.monotonic() - t0, 1)
             progress(f"{NAME}: lag recovered {recovery[fault]} s after {fault}")
 
-        time.sleep(4)
+        time.sleep(2 if quick else 4)
         # 1. broker restart
-        down = 5.0 if quick else 30.0
-        progress(f"{NAME}: Kafka broker stopped for {down:.0f} s")
-        kafka.stop()
-        time.sleep(down)
-        kafka.start()
-        recovered("kafka_restart")
+        if kafka is not None:
+            down = 5.0 if quick else 30.0
+            progress(f"{NAME}: Kafka broker stopped for {down:.0f} s")
+            kafka.stop()
+            time.sleep(down)
+            kafka.start()
+            recovered("kafka_restart")
         # 2. influxd down for minutes
         down = ctx.opts.influx_down
         progress(f"{NAME}: influxd stopped for {down:.0f} s")
@@ -151,7 +158,7 @@ def run(ctx: Context) -> ScenarioResult:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
         site.finish(result)
-        for svc in (kafka, influx):
+        for svc in throwaways:
             try:
                 svc.stop()
             except Exception as exc:  # noqa: BLE001 - noted, the run goes on

@@ -88,7 +88,7 @@ def run(ctx: Context) -> ScenarioResult:
         result.check("every dead letter stored in the buffer", stored_dl == _dead_letters(text),
                      f"{stored_dl:.0f} stored of {_dead_letters(text):.0f}")
         # -- 2. raw MQTT packets
-        cases = 300 if quick else 3000
+        cases = ctx.opts.mqtt_cases or (300 if quick else 3000)
         progress(f"{NAME}: {cases} raw MQTT cases")
         before = site.metrics()
         stats = asyncio.run(mqtt_fuzz.fuzz(site.gw.mqtt_port, cases=cases,
@@ -204,7 +204,7 @@ def _ingest(ctx: Context, site: Site, result: ScenarioResult) -> dict[str, objec
                  codes == expect, f"got {codes}")
     out["probes"] = codes
     # schemathesis from /openapi.json
-    examples = 100 if ctx.opts.quick else 1000
+    examples = ctx.opts.api_examples or (100 if ctx.opts.quick else 1000)
     progress(f"{NAME}: schemathesis against ingest ({examples} examples per operation)")
     report = site.dir / "schemathesis.json"
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "torture.schemathesis_hooks",

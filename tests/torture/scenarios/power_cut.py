@@ -24,6 +24,14 @@ from ..tally import Expected
 NAME = "power_cut"
 
 
+def _count_run(totals: Counter[str], text: str) -> None:
+    totals["redeliveries_recognised"] += int(metric_sum(
+        text, "fieldlink_gateway_pipeline_duplicates_total"))
+    totals["uplink_batches_sent"] += int(metric_sum(
+        text, "fieldlink_gateway_uplink_batches_total", outcome="sent"))
+    totals["uplink_retries"] += int(metric_sum(text, "fieldlink_gateway_uplink_retries_total"))
+
+
 def run(ctx: Context) -> ScenarioResult:
     result = ScenarioResult(NAME)
     try:
@@ -35,6 +43,7 @@ def run(ctx: Context) -> ScenarioResult:
     site = Site(ctx, NAME, kafka=kafka.bootstrap_servers, influx_url=influx.url)
     rng = ctx.rng
     phases: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
     restart_s: list[float] = []
     integrity_bad: list[str] = []
     sims_failed = 0
@@ -55,6 +64,7 @@ def run(ctx: Context) -> ScenarioResult:
                 text = site.metrics()
                 in_flight = metric_sum(text, "fieldlink_gateway_buffer_claims_in_flight")
                 pending = metric_sum(text, "fieldlink_gateway_buffer_pending_readings")
+                _count_run(totals, text)
             except OSError:
                 in_flight = pending = 0
             site.gateway.kill()
@@ -78,20 +88,18 @@ def run(ctx: Context) -> ScenarioResult:
                 rc = -1
             if rc != 0:
                 sims_failed += 1
+            result.trials = t + 1
             progress(f"{NAME}: trial {t + 1}/{n}: fleet {duration:.1f} s at {rate} Hz x 20, "
                      f"SIGKILL at {kill_at:.2f} s ({phase}"
                      f"{', batch in flight' if in_flight else ''}), integrity {verdict}")
-        result.trials = n
         progress(f"{NAME}: draining the gateway")
         final = site.wait_drained(300)
         result.rejected.update({k: int(v) for k, v in site.rejected(final).items() if v})
         result.dropped.update({k: int(v) for k, v in site.counted_drops(final).items() if v})
-        result.figures["gateway_duplicates_recognised"] = int(metric_sum(
-            final, "fieldlink_gateway_pipeline_duplicates_total"))
-        result.figures["uplink_batches_sent"] = int(metric_sum(
-            final, "fieldlink_gateway_uplink_batches_total", outcome="sent"))
-        result.figures["uplink_retries"] = int(metric_sum(
-            final, "fieldlink_gateway_uplink_retries_total"))
+        _count_run(totals, final)
+        # summed over every gateway process (these counters start at 0 with each process;
+        # what a process counted after the scrape before its SIGKILL is not included)
+        result.figures.update({k: int(v) for k, v in totals.items()})
         site.gateway.terminate()
         site.wait_caught_up(300)
         expected = Expected.from_ledgers(site.ledgers)
