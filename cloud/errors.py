@@ -3,8 +3,10 @@
     edge.errors.FieldlinkError
     ├── RetriableError ── BrokerUnavailable   Kafka not reachable / not acknowledging: 503
     │                  ├── SinkUnavailable     InfluxDB or the archive store is down: retry
-    │                  └── ConsumerFenced      another member of the consumer group took the
-    │                                          partitions over: seek_to_committed and go on
+    │                  ├── ConsumerFenced      another member of the consumer group took the
+    │                  │                       partitions over: seek_to_committed and go on
+    │                  └── UpstreamUnavailable a SaaS API is down, failing (5xx) or rate-
+    │                                          limited longer than we wait: next poll round
     ├── FatalError ────── AuthFailed          bad signature, expired timestamp, replay: 401
     │                  │                       (edge.signing.AuthError says which, by reason)
     │                  ├── UnknownTopic        produced to a topic the bus does not have
@@ -14,6 +16,9 @@
     │                  ├── SinkMisconfigured   the store refuses every write for a reason only
     │                  │                       configuration can fix (credentials, missing
     │                  │                       permission): the sink stops, commits nothing
+    │                  ├── UpstreamRejected    a SaaS API refuses the request itself (401,
+    │                  │                       403 without a rate limit, 404): fix the
+    │                  │                       token or the repository name
     │                  └── (edge) DecodeError, ValidationError, ConfigError: 4xx, dead letter
     └── PartialError                           some records of a batch were rejected
 """
@@ -33,7 +38,8 @@ from edge.errors import (
 __all__ = [
     "AuthFailed", "BrokerUnavailable", "ConfigError", "ConsumerFenced", "DecodeError",
     "FatalError", "FieldlinkError", "PartialError", "PointRejected", "RetriableError",
-    "SinkMisconfigured", "SinkUnavailable", "UnknownTopic", "ValidationError",
+    "SinkMisconfigured", "SinkUnavailable", "UnknownTopic", "UpstreamRejected",
+    "UpstreamUnavailable", "ValidationError",
 ]
 
 
@@ -76,3 +82,17 @@ class SinkMisconfigured(FatalError):
     request cannot help, so the sink stops without committing."""
 
     reason = "sink_misconfigured"
+
+
+class UpstreamUnavailable(RetriableError):
+    """A SaaS API could not answer usefully now (unreachable, 5xx, rate-limited past the
+    wait cap); the connector tries again in its next round, from its saved cursor."""
+
+    reason = "upstream_unavailable"
+
+
+class UpstreamRejected(FatalError):
+    """A SaaS API refuses the request itself (bad credentials, no access, unknown resource):
+    retrying cannot help until the configuration changes."""
+
+    reason = "upstream_rejected"
