@@ -16,6 +16,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "query": ("cloud.archive.query:main", "run SQL (DuckDB) over the Parquet archive"),
     "web": ("cloud.web.app:main", "serve the dashboard (fleet, charts, live alerts); "
                                   "`web users add|remove|list` manages its accounts"),
+    "clicks": ("cloud.clicks.app:main", "web click tracking: the collector (Segment-style "
+                                        "batch API, /snippet.js) or the 1-minute window job"),
+    "cdc": ("cloud.cdc.app:main", "PostgreSQL change data capture: connector, warehouse sink, "
+                                  "drop-slot"),
+    "connectors": ("cloud.connectors.app:main", "SaaS connectors: GitHub pollers and Stripe "
+                                                "webhooks into the bus"),
 }
 
 
