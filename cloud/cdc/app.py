@@ -125,8 +125,8 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    if not cfg.cdc.tables:
-        print(f"{args.config}: cdc.tables: list at least one table to capture", file=sys.stderr)
+    if not cfg.cdc.enabled:
+        print(f"{args.config}: cdc.enabled is false: nothing to capture", file=sys.stderr)
         return 1
     setup_logging(cfg.logging.level, json_lines=cfg.logging.json_lines)
     if args.process == "drop-slot":

@@ -134,6 +134,9 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    if not cfg.clicks.enabled:
+        print(f"{args.config}: clicks.enabled is false", file=sys.stderr)
+        return 1
     setup_logging(cfg.logging.level, json_lines=cfg.logging.json_lines)
     runner = run_collector if args.process == "collector" else run_job
     return asyncio.run(runner(cfg))
