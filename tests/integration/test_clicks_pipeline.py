@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -188,3 +189,44 @@ async def test_restart_resumes_without_counting_twice(pipeline: Any) -> None:
     rows = await p.wait_points(f"time = {start}ms AND final = true", 1)
     assert rows[0]["events"] == 10 and rows[0]["users"] == 10
     assert p.stop_job() == 0
+
+
+async def test_collector_process_serves_and_stops_on_sigterm(tmp_path: Path, kafka: Any,
+                                                            influxdb: Any) -> None:
+    p = Pipeline(tmp_path, kafka, influxdb)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cfg = yaml.safe_load(p.config.read_text())
+    cfg["clicks"]["port"] = port
+    p.config.write_text(yaml.safe_dump(cfg))
+    proc = spawn([sys.executable, "-m", "cloud.clicks.app", "collector", "-c", str(p.config)],
+                 p.log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        auth = "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as s:
+            while True:
+                assert proc.poll() is None, p.log.read_text()
+                try:
+                    async with s.post(url + "/v1/batch", json=[event("click", int(
+                            time.time() * 1000), "u1")], headers={"Authorization": auth}) as r:
+                        if r.status == 200:
+                            assert (await r.json())["accepted"] == 1
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, p.log.read_text()[-3000:]
+                await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "click collector stopping" in p.log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
