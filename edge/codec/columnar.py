@@ -293,7 +293,8 @@ def _decode_order(cols: Columns, order_spec: Any) -> None:
         order = list(map(add, order, by_received(cols.received, lengths)))
     elif mode != ORDER_EXPLICIT:
         raise MalformedFrame(f"unknown order mode {mode!r}")
-    _indices(order, cols.n_runs, "run")
+    # each run exactly as often as it has readings; since the counts add up to n, a value
+    # that is no run index at all leaves some run short, so this is the range check too
     counts = Counter(order)
     if any(counts[r] != length for r, length in enumerate(lengths)):
         raise MalformedFrame("the order section does not place each run's readings")
