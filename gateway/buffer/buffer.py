@@ -33,7 +33,7 @@ from gateway.buffer import claims, deadletters
 from gateway.buffer.results import AppendResult, BufferStats, Claim, DeadLetter
 from gateway.buffer.settings import BufferSettings
 from gateway.buffer.store import Store
-from gateway.buffer.writer import AppendOp, CallOp, Writer, events_op
+from gateway.buffer.writer import AppendOp, CallOp, OpCallback, Writer, events_op
 from gateway.errors import BufferBusy
 
 
@@ -105,24 +105,51 @@ class Buffer:
         `received_ms == 0` is stamped with the buffer's clock first.  Raises BufferBusy when
         the commit failed or the writer is too far behind (`max_pending_readings`).
         """
+        if not durable:
+            return self.append_nowait(readings)
+        if not readings:
+            return AppendResult()
+        fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self.append_soon(readings, _settle, fut)
+        return await fut
+
+    def append_soon(self, readings: Sequence[Reading], done: OpCallback, token: Any = None
+                    ) -> None:
+        """`append(durable=True)` without a coroutine, for the ingest hot path.
+
+        `done(token, result, error)` is called once, on the event loop, after the group
+        holding the readings committed (`result`: AppendResult) or failed (`error`:
+        BufferBusy / BufferCorrupt); groups settle in submission order.  Raises BufferBusy at
+        once — and then never calls `done` — when the buffer is closed or the writer is more
+        than `max_pending_readings` behind.
+        """
+        writer = self.writer
+        n = len(readings)
+        if writer.pending + n > self.settings.max_pending_readings:
+            writer.overload += n
+            raise BufferBusy(f"buffer writer is {writer.pending} readings behind")
+        writer.submit(AppendOp(n=n, readings=self._stamped(readings), cb=done, token=token))
+
+    def append_nowait(self, readings: Sequence[Reading]) -> AppendResult:
+        """`append(durable=False)`: queued for the next group commit, `pending=n`; refused
+        (`refused_reason="overload"`) when the writer is too far behind."""
         writer = self.writer
         n = len(readings)
         if n == 0:
             return AppendResult()
         if writer.pending + n > self.settings.max_pending_readings:
             writer.overload += n
-            if durable:
-                raise BufferBusy(f"buffer writer is {writer.pending} readings behind")
             return AppendResult(refused=n, refused_reason="overload")
-        now = self.clock.now_ms()
-        batch = [r if r.received_ms else dataclasses.replace(r, received_ms=now)
-                 for r in readings]
-        if not durable:
-            writer.submit(AppendOp(n=n, readings=batch))
-            return AppendResult(pending=n)
-        fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        writer.submit(AppendOp(fut=fut, n=n, readings=batch))
-        return await fut
+        writer.submit(AppendOp(n=n, readings=self._stamped(readings)))
+        return AppendResult(pending=n)
+
+    def _stamped(self, readings: Sequence[Reading]) -> list[Reading]:
+        for r in readings:
+            if not r.received_ms:
+                now = self.clock.now_ms()
+                return [r if r.received_ms else dataclasses.replace(r, received_ms=now)
+                        for r in readings]
+        return readings if isinstance(readings, list) else list(readings)
 
     async def append_events(self, events: Sequence[Event]) -> AppendResult:
         """Buffer aggregates / alerts (durable).  Alerts are never evicted."""
@@ -133,14 +160,24 @@ class Buffer:
     async def dead_letter(self, raw: bytes, *, source: str, reason: str, peer: str = "",
                           detail: str = "", durable: bool = True) -> None:
         """Keep refused input with its raw bytes; counted as `deadletter.<reason>`."""
+        if not durable:
+            self.dead_letter_soon(raw, source=source, reason=reason, peer=peer, detail=detail)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.dead_letter_soon(raw, source=source, reason=reason, peer=peer, detail=detail,
+                              done=_settle, token=fut)
+        await fut
+
+    def dead_letter_soon(self, raw: bytes, *, source: str, reason: str, peer: str = "",
+                         detail: str = "", done: OpCallback | None = None,
+                         token: Any = None) -> None:
+        """`dead_letter()` without a coroutine: with `done`, `done(token, None, error)` runs
+        on the loop after the commit (as for `append_soon`); without, it is best effort."""
         item = (bytes(raw), source, peer, reason, detail)
 
         def run(st: Store, now: int) -> None:
             deadletters.add(st, [item], now)
-        if durable:
-            await self._call(run)
-        else:
-            self.writer.submit(CallOp(fn=run))
+        self.writer.submit(CallOp(fn=run, cb=done, token=token))
 
     async def flush(self) -> None:
         """Resolve once everything handed over before this call is committed."""
@@ -222,3 +259,11 @@ class Buffer:
         if writer.store is None:
             raise BufferBusy("buffer is not open")
         return writer.store.snapshot(self.clock.now_ms(), pending=writer.pending)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if not fut.done():
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)

@@ -1,13 +1,13 @@
 """The writer thread: every SQLite call of a running buffer happens here, in group commits.
 
 Callers on the event loop put an `Op` on a deque (no lock: deque appends are atomic) and await
-its future.  The thread wakes on the first op, keeps gathering until `commit_interval_ms` has
+its future, or give it a callback instead (`Op.cb`, the ingest hot path: no future, no task).  The thread wakes on the first op, keeps gathering until `commit_interval_ms` has
 passed or `commit_max_readings` readings wait, then runs the whole group in one transaction:
 appends first (one `executemany`), then the other ops in submission order, each under a
 savepoint so one failing op cannot undo the others.  After COMMIT returns — with
-synchronous=FULL, after the WAL fsync — it resolves the group's futures with a single
-`loop.call_soon_threadsafe`.  So a durable append resolves only once its rows are committed,
-and futures resolve in commit order.
+synchronous=FULL, after the WAL fsync — it resolves the group's futures and runs its callbacks
+with a single `loop.call_soon_threadsafe`, in submission order.  So a durable append resolves
+only once its rows are committed, and ops resolve in commit order.
 
 If a commit fails (disk full, I/O error, a lock held too long by the operator CLI), every op
 of the group fails with `BufferBusy` (or `BufferCorrupt` for a damaged file), nothing of it
@@ -41,6 +41,10 @@ log = logging.getLogger("fieldlink.gateway.buffer")
 MAINTENANCE_S = 1.0
 
 
+#: `Op.cb(token, result, error)`, run on the event loop after the op's group committed or failed
+OpCallback = Callable[[Any, Any, "BaseException | None"], None]
+
+
 @dataclass(slots=True, eq=False)
 class Op:
     fut: asyncio.Future[Any] | None = None
@@ -49,6 +53,9 @@ class Op:
     fsync: bool = False
     result: Any = None
     error: BaseException | None = None
+    #: instead of `fut`: called once on the loop thread with (token, result, error)
+    cb: OpCallback | None = None
+    token: Any = None
 
 
 @dataclass(slots=True, eq=False)
@@ -118,6 +125,26 @@ def execute_group(store: Store, ops: list[Op], now_ms: int, *,
     except sqlite3.Error as exc:  # the data is committed; a checkpoint can wait
         log.warning("buffer: checkpoint after commit failed: %s", exc)
     return True
+
+
+def resolve_ops(ops: list[Op]) -> None:
+    """On the loop thread: settle every op of a group, in submission order.  A callback that
+    raises is logged; the other ops of the group are still settled."""
+    for op in ops:
+        cb = op.cb
+        if cb is not None:
+            try:
+                cb(op.token, op.result, op.error)
+            except Exception:  # noqa: BLE001 - a caller's bug must not strand the others
+                log.exception("buffer: completion callback failed")
+            continue
+        fut = op.fut
+        if fut is None or fut.done():
+            continue
+        if op.error is not None:
+            fut.set_exception(op.error)
+        else:
+            fut.set_result(op.result)
 
 
 class Writer:
@@ -285,18 +312,9 @@ class Writer:
             log.warning("buffer: maintenance failed: %s", exc)
 
     def _resolve(self, ops: list[Op]) -> None:
-        def resolve() -> None:
-            for op in ops:
-                fut = op.fut
-                if fut is None or fut.done():
-                    continue
-                if op.error is not None:
-                    fut.set_exception(op.error)
-                else:
-                    fut.set_result(op.result)
-        if any(op.fut is not None for op in ops):
+        if any(op.fut is not None or op.cb is not None for op in ops):
             try:
-                self.loop.call_soon_threadsafe(resolve)
+                self.loop.call_soon_threadsafe(resolve_ops, ops)
             except RuntimeError:
                 pass
 
