@@ -142,13 +142,14 @@ def decode_payload(payload: bytes | bytearray | memoryview, ctx: DecodeContext) 
 
     For a batch, the first invalid element's error is raised with "reading [i]:" prefixed.
     """
+    received = ctx.received_ms
     kind, items, batch = _parse(payload, ctx)
     if not batch and kind == "map":  # the hot path: one JSON/msgpack object
-        return [_from_mapping(items[0], ctx)]
+        return [_from_mapping(items[0], ctx, received)]
     out = []
     for i, item in enumerate(items):
         try:
-            out.append(_build(kind, item, ctx))
+            out.append(_build(kind, item, ctx, received))
         except ValidationError as exc:
             if not batch:
                 raise
@@ -156,19 +157,22 @@ def decode_payload(payload: bytes | bytearray | memoryview, ctx: DecodeContext) 
     return out
 
 
-def decode_payload_partial(payload: bytes | bytearray | memoryview, ctx: DecodeContext
+def decode_payload_partial(payload: bytes | bytearray | memoryview, ctx: DecodeContext, *,
+                           received_ms: int | None = None
                            ) -> tuple[list[Reading], list[tuple[int, ValidationError]]]:
     """(good readings in payload order, [(index, error) for each invalid element]).
 
     Raises PayloadError / Oversize only for problems of the payload as a whole.  For a single
-    message the index is 0.
+    message the index is 0.  `received_ms`, when given, stands for `ctx.received_ms` (so a
+    caller can keep one context per source instead of building one per payload).
     """
+    received = ctx.received_ms if received_ms is None else received_ms
     kind, items, _ = _parse(payload, ctx)
     good: list[Reading] = []
     bad: list[tuple[int, ValidationError]] = []
     for i, item in enumerate(items):
         try:
-            good.append(_build(kind, item, ctx))
+            good.append(_build(kind, item, ctx, received))
         except ValidationError as exc:
             bad.append((i, exc))
     return good, bad
@@ -298,18 +302,18 @@ def _split_csv(payload: bytes, limits: Limits) -> tuple[str, list[Any], bool]:
     return "csv", rows, len(rows) != 1
 
 
-def _build(kind: str, item: Any, ctx: DecodeContext) -> Reading:
+def _build(kind: str, item: Any, ctx: DecodeContext, received: int) -> Reading:
     if kind == "map":
         if not isinstance(item, dict):
             raise WrongType(f"batch element must be a message object, got {_type_name(item)}",
                             field=None, value=item)
-        return _from_mapping(item, ctx)
+        return _from_mapping(item, ctx, received)
     if kind == "csv":
-        return _from_csv(item, ctx)
-    return _from_bare(item, ctx)
+        return _from_csv(item, ctx, received)
+    return _from_bare(item, ctx, received)
 
 
-def _from_mapping(msg: dict[Any, Any], ctx: DecodeContext) -> Reading:
+def _from_mapping(msg: dict[Any, Any], ctx: DecodeContext, received: int) -> Reading:
     limits = ctx.limits
     device_id = _device_id(msg.get("device_id"), ctx)
     value = msg.get("value")
@@ -355,7 +359,6 @@ def _from_mapping(msg: dict[Any, Any], ctx: DecodeContext) -> Reading:
     if seq is not None:
         seq = _seq(seq)
     ts = msg.get("timestamp")
-    received = ctx.received_ms
     if ts is None:
         return Reading(device_id, received, value, measurement, unit, facility, line, zone,
                        quality, battery, seq, received, None, FLAG_TS_MISSING)
@@ -367,19 +370,19 @@ def _from_mapping(msg: dict[Any, Any], ctx: DecodeContext) -> Reading:
                    battery, seq, received, None, 0)
 
 
-def _from_bare(item: bytes | int | float, ctx: DecodeContext) -> Reading:
+def _from_bare(item: bytes | int | float, ctx: DecodeContext, received: int) -> Reading:
     if ctx.device_hint is None:
         raise MissingField("a bare number carries no device_id: it must arrive on a topic or "
                            "resource that names the device", field="device_id")
     # _BARE matched, so float() accepts the bytes; _from_mapping checks finiteness
     value = float(item) if isinstance(item, bytes) else item
-    return _from_mapping({"value": value}, ctx)
+    return _from_mapping({"value": value}, ctx, received)
 
 
 _CSV_FIELDS = ("device_id", "timestamp", "value", "unit", "battery_voltage", "seq")
 
 
-def _from_csv(row: _CsvRow, ctx: DecodeContext) -> Reading:
+def _from_csv(row: _CsvRow, ctx: DecodeContext, received: int) -> Reading:
     if not 3 <= len(row) <= len(_CSV_FIELDS):
         raise ValidationError(f"CSV line has {len(row)} columns; expected 3 to 6: "
                               f"{','.join(_CSV_FIELDS)}", field="csv", reason="invalid_value",
@@ -398,7 +401,7 @@ def _from_csv(row: _CsvRow, ctx: DecodeContext) -> Reading:
             raise WrongType(f"seq must be a non-negative integer, got {_show(s)}",
                             field="seq", value=s)
         msg["seq"] = int(s)
-    return _from_mapping(msg, ctx)
+    return _from_mapping(msg, ctx, received)
 
 
 def _device_id(raw: Any, ctx: DecodeContext) -> str:

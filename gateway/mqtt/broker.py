@@ -10,6 +10,11 @@ Who calls what:
   `stats()` (status page, metrics);
 * `MqttServer` calls `sweep` once a second (keepalive and CONNECT timeouts, session expiry).
 
+Readings reach the ingest through `Broker.submit(payload, origin, durable=, done=, token=)`:
+the pipeline's own `submit` (no task per PUBLISH: `done` is called back after the commit) or,
+for an `Ingest` that only has the async `ingest()` (test doubles), `TaskSubmit`, which runs
+one `mqtt-ingest` task per PUBLISH.
+
 Everything runs on the event loop thread; nothing here blocks or awaits.
 """
 
@@ -119,11 +124,39 @@ class InternalSubscription:
         self.broker.tree.remove(self.filter, self)
 
 
+class TaskSubmit:
+    """`submit()` over an `Ingest` with only `async ingest()`: one named task per payload."""
+
+    def __init__(self, broker: Broker, ingest: Ingest) -> None:
+        self.broker = broker
+        self.ingest = ingest
+
+    def __call__(self, payload: bytes, origin: Any, *, durable: bool,
+                 done: Callable[[Any, Any, BaseException | None], None], token: Any) -> None:
+        self.broker.spawn(self._run(payload, origin, durable, done, token), "mqtt-ingest")
+
+    async def _run(self, payload: bytes, origin: Any, durable: bool,
+                   done: Callable[[Any, Any, BaseException | None], None], token: Any) -> None:
+        try:
+            outcome = await self.ingest.ingest(payload, origin, durable=durable)
+        except Exception as exc:  # noqa: BLE001 - the connection decides what it means
+            done(token, None, exc)
+            return  # cancelled at shutdown (BaseException): no acknowledgement
+        done(token, outcome, None)
+
+
 class Broker:
     def __init__(self, settings: MqttSettings, *, ingest: Ingest, auth: Authenticator | None,
                  clock: Clock) -> None:
         self.settings = settings
         self.ingest = ingest
+        #: `submit(payload, origin, durable=, done=, token=)`, see the module docstring
+        self.submit: Callable[..., None] = getattr(ingest, "submit", None) or TaskSubmit(
+            self, ingest)
+        #: PUBLISHes handed to the ingest whose outcome has not come back yet
+        self.in_flight = 0
+        #: set by MqttServer at shutdown; resolved when `in_flight` reaches 0
+        self.drained: asyncio.Future[None] | None = None
         self.auth = auth
         self.clock = clock
         self.acl = Acl(settings.acl)
@@ -161,6 +194,14 @@ class Broker:
         paused, self.paused = self.paused, set()
         for conn in paused:
             conn.resume_input()
+
+    def settled(self) -> None:
+        """One PUBLISH handed to the ingest came back (committed, refused or failed)."""
+        self.in_flight -= 1
+        if self.paused and self.in_flight <= self.resume_below:
+            self.resume_paused()
+        if self.in_flight <= 0 and self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -290,7 +331,7 @@ class Broker:
             "sessions": len(self.sessions),
             "subscriptions": self.tree.count,
             "retained": len(self.retained),
-            "ingest_in_flight": len(self.tasks),
+            "ingest_in_flight": self.in_flight,
         }
         for name, value in vars(self.counters).items():
             out[name] = dict(value) if isinstance(value, dict) else value

@@ -8,9 +8,10 @@ The device path, in order, for a QoS 1 PUBLISH of a sensor reading:
    bytearray; nothing is copied until the whole frame is there);
 2. the topic's ACL decision and `Origin` are cached per connection, so a sensor publishing
    on its one topic costs one dict lookup;
-3. a task awaits `ingest.ingest(payload, origin, durable=True)`;
-4. only when it returns is the PUBACK written — and PUBACKs leave in the order the PUBLISHes
-   arrived (§4.6), even when commits finish out of order;
+3. the payload is handed to the ingest at once (`Broker.submit`: the pipeline decodes it and
+   queues its readings for the next group commit — no task, no future per PUBLISH);
+4. only when the ingest calls back after the commit is the PUBACK written — and PUBACKs
+   leave in the order the PUBLISHes arrived (§4.6), even when commits finish out of order;
 5. the committed reading is then routed to subscribers and retained as its topic's last
    reading.
 
@@ -47,18 +48,20 @@ from gateway.mqtt.control import AUTH, CLOSED, CONNECTED, NEW, ControlPackets, c
 from gateway.mqtt.router import Message
 from gateway.mqtt.session import Session
 
-_Task = asyncio.Task
-_current_task = asyncio.current_task
 _PUBACK = [codec.puback(pid) for pid in range(65536)]
+# A PUBLISH handed to the ingest is a list: [ack packet once committed (None until then),
+# topic, payload, qos, pid, retain].  QoS 1/2 ones also sit in `acks` until their turn.
+_ACK, _TOPIC, _PAYLOAD, _QOS, _PID, _RETAIN = range(6)
 
 
 class _Topic:
     """Cached per (connection, topic bytes): the decoded name and what the ACL said."""
 
-    __slots__ = ("name", "allowed", "origin")
+    __slots__ = ("name", "key", "allowed", "origin")
 
-    def __init__(self, name: str, allowed: bool, origin: Origin | None) -> None:
+    def __init__(self, name: str, key: bytes, allowed: bool, origin: Origin | None) -> None:
         self.name = name
+        self.key = key  # the topic as it arrived (routing reuses the bytes)
         self.allowed = allowed
         self.origin = origin  # None: control traffic (routed, not ingested)
 
@@ -261,20 +264,18 @@ class MqttConnection(ControlPackets, asyncio.Protocol):
         payload = data[ps:end]
         retain = b0 & 1 == 1
         if topic.origin is not None and qos < 2:  # the common case: a sensor reading
-            slot: list[bytes | None] | None = None
+            slot: list[Any] = [None, topic, payload, qos, pid, retain]
             if qos:
-                slot = [None]
                 acks = self.acks
                 acks.append(slot)
                 if len(acks) >= self.max_inflight_in:
                     self.pause_input()
             broker = self.broker
-            # asyncio.Task directly, and no done-callback: this runs 10,000 times a second
-            tasks = broker.tasks
-            tasks.add(_Task(self._ingest(payload, topic, tkey, qos, pid, retain, slot),
-                            loop=broker.loop, name="mqtt-ingest"))
-            if len(tasks) > broker.max_in_flight:
+            broker.in_flight += 1
+            if broker.in_flight > broker.max_in_flight:
                 broker.overloaded(self)
+            broker.submit(payload, topic.origin, durable=qos > 0, done=self._ingested,
+                          token=slot)
             return
         broker = self.broker
         if not topic.allowed:
@@ -292,15 +293,15 @@ class MqttConnection(ControlPackets, asyncio.Protocol):
                          store=retain)
             self._answer_taken(qos, pid)
             return
-        slot = [None]  # a QoS 2 reading
+        slot = [None, topic, payload, qos, pid, retain]  # a QoS 2 reading
         self.acks.append(slot)
         self.pending_qos2.add(pid)
         if len(self.acks) >= self.max_inflight_in:
             self.pause_input()
-        broker.tasks.add(_Task(self._ingest(payload, topic, tkey, qos, pid, retain, slot),
-                               loop=broker.loop, name="mqtt-ingest"))
-        if len(broker.tasks) > broker.max_in_flight:
+        broker.in_flight += 1
+        if broker.in_flight > broker.max_in_flight:
             broker.overloaded(self)
+        broker.submit(payload, topic.origin, durable=True, done=self._ingested, token=slot)
 
     def _resolve_topic(self, tkey: bytes) -> _Topic:
         name = codec.decode_text(tkey)
@@ -312,7 +313,7 @@ class MqttConnection(ControlPackets, asyncio.Protocol):
         if grant is not None and grant.reading:
             origin = Origin(protocol="mqtt", peer=self.peer, device_hint=grant.device_hint,
                             topic=name, username=self.username)
-        entry = _Topic(name, grant is not None, origin)
+        entry = _Topic(name, tkey, grant is not None, origin)
         if len(self.topics) >= self.TOPIC_CACHE_MAX:
             self.topics.clear()
         self.topics[tkey] = entry
@@ -326,61 +327,60 @@ class MqttConnection(ControlPackets, asyncio.Protocol):
             self.session.awaiting_rel.add(pid)  # type: ignore[union-attr]
             self._ack(codec.pubrec(pid))
 
-    async def _ingest(self, payload: bytes, topic: _Topic, tkey: bytes, qos: int, pid: int,
-                      retain: bool, slot: list[bytes | None] | None) -> None:
+    def _ingested(self, slot: list[Any], outcome: Any, error: BaseException | None) -> None:
+        """The ingest's callback for one PUBLISH: acknowledge it in arrival order (§4.6),
+        route the committed reading, or close the connection so the client redelivers."""
         broker = self.broker
-        try:
-            outcome = await broker.ingest.ingest(payload, topic.origin,  # type: ignore[arg-type]
-                                                 durable=qos > 0)
-        except RetriableError as exc:
-            broker.tasks.discard(_current_task())  # type: ignore[arg-type]
-            broker.counters.ingest_unavailable += 1
-            broker.limited.warning("ingest_unavailable",
-                                   "ingest could not commit; closing so the client redelivers",
-                                   reason=exc.reason, detail=exc.message)
-            self.close()
+        broker.settled()
+        if error is not None:
+            self._ingest_failed(slot, error)
             return
-        except BaseException as exc:
-            broker.tasks.discard(_current_task())  # type: ignore[arg-type]
-            if not isinstance(exc, Exception):
-                raise  # cancelled at shutdown: no acknowledgement
-            broker.counters.ingest_errors += 1
-            log.exception("ingest failed unexpectedly; closing so the client redelivers",
-                          extra={"fields": {"topic": topic.name, "peer": self.peer}})
-            self.close()
-            return
-        tasks = broker.tasks
-        tasks.discard(_current_task())  # type: ignore[arg-type]
-        if broker.paused and len(tasks) <= broker.resume_below:
-            broker.resume_paused()
         counters = self._counters
+        topic: _Topic = slot[_TOPIC]
+        qos: int = slot[_QOS]
         if outcome.rejected is not None:
             bump(counters.readings_rejected, outcome.rejected)
         else:
             counters.readings_accepted += 1
-            broker.route_reading(topic.name, tkey, payload, qos, retain, self.username)
-        if slot is None:
+            broker.route_reading(topic.name, topic.key, slot[_PAYLOAD], qos, slot[_RETAIN],
+                                 self.username)
+        if qos == 0:
             return
+        pid: int = slot[_PID]
         if qos == 1:
-            slot[0] = _PUBACK[pid]
+            slot[_ACK] = _PUBACK[pid]
         else:
             self.pending_qos2.discard(pid)
             session = self.session
             if session is not None:
                 session.awaiting_rel.add(pid)
-            slot[0] = codec.pubrec(pid)
+            slot[_ACK] = codec.pubrec(pid)
         if self.state == CLOSED:
             self.acks.clear()
             return
         counters.readings_acked += 1
         acks = self.acks
-        if len(acks) == 1:  # nothing ahead of it: the common case
+        if len(acks) == 1 and acks[0] is slot:  # nothing ahead of it: the common case
             acks.clear()
-            self.send(slot[0])  # type: ignore[arg-type]
+            self.send(slot[_ACK])
             if self.read_paused:
                 self.resume_input()
-        elif acks[0] is slot:
+        elif acks and acks[0] is slot:
             self._flush_acks()
+
+    def _ingest_failed(self, slot: list[Any], exc: BaseException) -> None:
+        broker = self.broker
+        if isinstance(exc, RetriableError):
+            broker.counters.ingest_unavailable += 1
+            broker.limited.warning("ingest_unavailable",
+                                   "ingest could not commit; closing so the client redelivers",
+                                   reason=exc.reason, detail=exc.message)
+        else:
+            broker.counters.ingest_errors += 1
+            log.error("ingest failed unexpectedly; closing so the client redelivers",
+                      exc_info=exc, extra={"fields": {"topic": slot[_TOPIC].name,
+                                                      "peer": self.peer}})
+        self.close()
 
     def _ack(self, packet: bytes) -> None:
         """Send an acknowledgement, behind any that still wait for a commit (§4.6 order)."""

@@ -11,8 +11,9 @@ WebSocket (`settings.websocket`) — all served by the same lean core (`Broker` 
 connect with.  Why a lean core and not the stock amqtt broker: docs/mqtt-ingest.md.
 
 Named tasks: `mqtt-sweeper` (keepalive/CONNECT deadlines, session expiry, once a second),
-`mqtt-retained-save` (when `retained_path` is set); per message `mqtt-ingest`, per slow
-CONNECT `mqtt-auth`.
+`mqtt-retained-save` (when `retained_path` is set); per slow CONNECT `mqtt-auth`.  With the
+gateway pipeline a PUBLISH is no task at all (a callback after its commit); an ingest with only
+`async ingest()` gets one `mqtt-ingest` task per PUBLISH.
 
 Shutdown (`__aexit__`, `stop()`), in order: stop accepting; stop reading from every client;
 wait up to `shutdown_grace_s` for PUBLISHes already handed to ingest, so every committed
@@ -144,12 +145,14 @@ class MqttServer:
         for conn in list(broker.conns):
             if conn.transport is not None:
                 conn.pause_input()
-        pending = [t for t in broker.tasks if t.get_name() == "mqtt-ingest"]
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self.settings.shutdown_grace_s)
-            if late:
+        if broker.in_flight > 0:
+            broker.drained = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(broker.drained),
+                                       self.settings.shutdown_grace_s)
+            except TimeoutError:
                 log.warning("shutdown: PUBLISHes not committed in time stay unacknowledged",
-                            extra={"fields": {"count": len(late)}})
+                            extra={"fields": {"count": broker.in_flight}})
         for conn in list(broker.conns):
             conn.publish_will = False
             conn.close()
