@@ -322,10 +322,11 @@ class ClickCollector:
         duplicates = 0
         for index, raw in enumerate(events):
             try:
-                if len(json.dumps(raw, default=str)) > s.max_event_bytes:
-                    raise Rejected("too_large", f"the event is over {s.max_event_bytes} bytes")
                 event = normalize(raw, source=source, now_ms=now, max_future_ms=s.max_future_ms,
                                   hash_key=s.pii_hash_key, counts=pii)
+                value = event.to_json()
+                if len(value) > s.max_event_bytes:
+                    raise Rejected("too_large", f"the event is over {s.max_event_bytes} bytes")
             except Rejected as e:
                 self.metrics.rejected.labels(e.reason).inc()
                 rejected.append({"index": index, "reason": e.reason, "detail": e.detail})
@@ -334,7 +335,7 @@ class ClickCollector:
             if event.event_id in accepted:
                 duplicates += 1
                 continue
-            accepted[event.event_id] = (event.user_id.encode(), event.to_json(),
+            accepted[event.event_id] = (event.user_id.encode(), value,
                                         [("source", source.encode())])
         for kind, n in (("key", pii.keys), ("email", pii.emails), ("phone", pii.phones)):
             if n:

@@ -30,11 +30,19 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from cloud.clicks.pii import PiiCounts, hash_identifier, looks_like_pii, scrub, truncate_ip
+from cloud.clicks.pii import (
+    PiiCounts,
+    TooDeep,
+    hash_identifier,
+    looks_like_pii,
+    scrub,
+    truncate_ip,
+)
 
 __all__ = ["REASONS", "Rejected", "WebEvent", "format_ts", "normalize", "parse_batch",
            "parse_timestamp", "scrubbed_copy"]
@@ -85,8 +93,9 @@ class WebEvent:
 
 def format_ts(ts_ms: int) -> str:
     """`2024-01-15T10:30:45.000Z`."""
-    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
-        f"{ts_ms % 1000:03d}Z"
+    t = time.gmtime(ts_ms // 1000)
+    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
+            f"{t.tm_sec:02d}.{ts_ms % 1000:03d}Z")
 
 
 def parse_timestamp(value: Any) -> int:
@@ -108,15 +117,8 @@ def parse_timestamp(value: Any) -> int:
     return int(round(dt.timestamp() * 1000))
 
 
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of a JSON value, stopping early past `limit`."""
-    if limit < 0:
-        return 1
-    if isinstance(value, dict):
-        return 1 + max((_depth(v, limit - 1) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v, limit - 1) for v in value), default=0)
-    return 0
+def _keep_context(key: str) -> bool:
+    return key in ("ip", "user_agent")
 
 
 def _identifier(raw: dict[str, Any], name: str, reason: str, *, required: bool,
@@ -175,10 +177,12 @@ def normalize(raw: Any, *, source: str, now_ms: int, max_future_ms: int = 600_00
         context = {}
     if not isinstance(context, dict):
         raise Rejected("bad_context", "context must be a JSON object")
-    if _depth(properties, _MAX_DEPTH) > _MAX_DEPTH or _depth(context, _MAX_DEPTH) > _MAX_DEPTH:
-        raise Rejected("too_deep", f"properties and context nest at most {_MAX_DEPTH} levels")
-    properties = scrub(properties, counts)
-    context = scrub(context, counts, keep=lambda k: k in ("ip", "user_agent"))
+    try:
+        properties = scrub(properties, counts, max_depth=_MAX_DEPTH)
+        context = scrub(context, counts, keep=_keep_context, max_depth=_MAX_DEPTH)
+    except TooDeep:
+        raise Rejected("too_deep", f"properties and context nest at most {_MAX_DEPTH} "
+                                   "levels") from None
     ip = context.get("ip")
     if ip is not None:
         network = truncate_ip(ip) if isinstance(ip, str) else None

@@ -20,6 +20,7 @@ so even a dead-lettered body carries no address.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -27,7 +28,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PiiCounts", "hash_identifier", "is_pii_key", "looks_like_pii", "scrub",
+__all__ = ["PiiCounts", "TooDeep", "hash_identifier", "is_pii_key", "looks_like_pii", "scrub",
            "scrub_text", "truncate_ip"]
 
 _KEY_MARKERS = ("email", "phone", "telephone", "msisdn", "mobilenumber")
@@ -37,6 +38,8 @@ EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]
 _PHONE_CANDIDATE = re.compile(r"(?<![\w+])\+?\(?\d[\d\s().-]{5,}\d(?![\w])")
 _DATE_LIKE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}:\d{2}|\d{2}/\d{2}/\d{4}")
 _DOTTED = re.compile(r"\d{1,3}(?:\.\d{1,3}){2,}")
+_SEVEN_DIGITS = re.compile(r"\d(?:\D*\d){6}")
+_IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})")
 
 
 class PiiCounts:
@@ -53,7 +56,9 @@ class PiiCounts:
         return self.keys + self.emails + self.phones
 
 
+@functools.lru_cache(maxsize=4096)
 def is_pii_key(key: str) -> bool:
+    # cached: the same few dozen property names come with every event
     norm = _KEY_STRIP.sub("", key.lower())
     return any(marker in norm for marker in _KEY_MARKERS)
 
@@ -73,7 +78,7 @@ def scrub_text(text: str, counts: PiiCounts | None = None) -> str:
         text, n = EMAIL.subn("[email]", text)
         if counts is not None:
             counts.emails += n
-    if sum(c.isdigit() for c in text) < 7:
+    if not _SEVEN_DIGITS.search(text):
         return text  # the common case: too few digits for any phone number
 
     def phone(m: re.Match[str]) -> str:
@@ -95,15 +100,23 @@ def looks_like_pii(text: str) -> bool:
     return m is not None and _is_phone(text)
 
 
+class TooDeep(ValueError):
+    """A value nested deeper than `scrub`'s `max_depth`."""
+
+
 def scrub(value: Any, counts: PiiCounts | None = None, *,
-          keep: Callable[[str], bool] | None = None, _depth: int = 0) -> Any:
+          keep: Callable[[str], bool] | None = None, max_depth: int = 64,
+          _depth: int = 0) -> Any:
     """A copy of a JSON value without personal data (see the module docstring).
 
     `keep(key)` names keys of the top-level mapping whose string values are left as they are
-    (the caller handles them, e.g. `ip`, `user_agent`).
+    (the caller handles them, e.g. `ip`, `user_agent`).  Mappings and lists nested deeper
+    than `max_depth` raise `TooDeep`.
     """
     if isinstance(value, str):
         return scrub_text(value, counts)
+    if _depth >= max_depth and isinstance(value, dict | list):
+        raise TooDeep(f"nested deeper than {max_depth} levels")
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
@@ -115,15 +128,21 @@ def scrub(value: Any, counts: PiiCounts | None = None, *,
             if _depth == 0 and keep is not None and keep(key) and isinstance(v, str):
                 out[key] = v
                 continue
-            out[key] = scrub(v, counts, _depth=_depth + 1)
+            out[key] = scrub(v, counts, max_depth=max_depth, _depth=_depth + 1)
         return out
     if isinstance(value, list):
-        return [scrub(v, counts, _depth=_depth + 1) for v in value]
+        return [scrub(v, counts, max_depth=max_depth, _depth=_depth + 1) for v in value]
     return value
 
 
 def truncate_ip(text: str) -> str | None:
     """The network part of an IP address (/24 IPv4, /48 IPv6); None if it is not one."""
+    m = _IPV4.fullmatch(text)
+    if m is not None:  # the common case, without ipaddress's parsing
+        octets = [int(g) for g in m.groups()]
+        if all(o <= 255 for o in octets) and not any(len(g) > 1 and g[0] == "0"
+                                                     for g in m.groups()):
+            return f"{octets[0]}.{octets[1]}.{octets[2]}.0"
     try:
         ip = ipaddress.ip_address(text.strip())
     except ValueError:
