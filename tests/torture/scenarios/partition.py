@@ -57,7 +57,7 @@ def run(ctx: Context) -> ScenarioResult:
             site.start_gateway()
             devices, rate = 20, 10.0
             sim, _ = site.sim("pt", duration_s=0, devices=devices, rate_hz=rate,
-                              faults={"spike": 0.01})
+                              faults={"spike": 0.02})
             time.sleep(3.0)
             # -- the cut
             cut_ms = int(time.time() * 1000)
@@ -140,8 +140,10 @@ def run(ctx: Context) -> ScenarioResult:
                          f"backlog {backlog:.0f} rows")
             # live data flowed during the drain: readings received after the heal reached
             # Kafka while the backlog was being sent, and not only after it
+            # (a drain of a second or two leaves nothing to measure: vacuously true)
             result.check("live data flowed during the drain",
-                         len(live) > 0 and _pct(live, 0.5) < max(5.0, drain_s / 2),
+                         drain_s < 3.0 or (len(live) > 0
+                                           and _pct(live, 0.5) < max(5.0, drain_s / 2)),
                          f"{len(live)} live readings, p50 latency {_pct(live, 0.5):.1f} s, "
                          f"drain {drain_s:.1f} s")
         except Exception as exc:  # noqa: BLE001 - reported as the scenario's error
