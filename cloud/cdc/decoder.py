@@ -117,6 +117,9 @@ class ChangeDecoder:
         self.prefix = topic_prefix or f"cdc.{server}"
         self.schema_topic = f"{self.prefix}.schema_changes"
         self._relations: dict[int, TableSchema] = {}
+        #: relation oid -> (its schema, source block, headers) for the current transaction
+        self._per_tx: dict[int, tuple[TableSchema, dict[str, Any],
+                                      list[tuple[str, bytes]]]] = {}
         self._tx: _Tx | None = None
         self.last_commit_end = 0
         self.last_commit_lsn: int | None = None
@@ -144,6 +147,7 @@ class ChangeDecoder:
     def _feed(self, msg: pg.Parsed, now_ms: int) -> list[TopicRecord]:
         if isinstance(msg, pg.Begin):
             skip = msg.final_lsn < self.skip_before
+            self._per_tx.clear()
             self._tx = _Tx(msg.xid, pg.pg_time_to_unix_us(msg.commit_us) // 1000,
                            msg.final_lsn, skip)
             return []
@@ -174,9 +178,13 @@ class ChangeDecoder:
             self.counters["ignored"] += 1
             return []
         self.counters["changes"] += 1
-        source = self._source(table, tx)
+        # the source block and headers are the same for every row of a table in a transaction
+        cached = self._per_tx.get(msg.oid)
+        if cached is None or cached[0] is not table:
+            cached = self._per_tx[msg.oid] = (table, self._source(table, tx),
+                                              _headers(table, tx.final_lsn))
+        _, source, headers = cached
         topic = self.topic(table)
-        headers = _headers(table, tx.final_lsn)
         if isinstance(msg, pg.Insert):
             after = row_dict(table.columns, msg.new)
             return [(topic, (key_bytes(table, after),

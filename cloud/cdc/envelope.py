@@ -113,6 +113,12 @@ def convert(text: str | None, type_oid: int) -> Any:
     if type_oid == TIMESTAMPTZ:
         if text in ("infinity", "-infinity"):
             return text
+        if text.endswith("+00") and len(text) >= 22:
+            # the connection runs in UTC: "2024-01-15 10:30:45[.123456]+00", no parsing needed
+            body = text[:-3]
+            if "." in body:
+                body = body.rstrip("0").rstrip(".")
+            return body.replace(" ", "T", 1) + "Z"
         dt = _timestamp(text).astimezone(UTC)
         return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{dt.microsecond:06d}".rstrip("0")
                                                    .rstrip(".")) + "Z"
