@@ -225,4 +225,6 @@ class Site:
         self.procs.stop_all()
         result.crashes += self.procs.crashes()
         result.notes += self.procs.crash_notes()
-        result.leaks += self.ctx.secrets.leaks(self.procs.logs())
+        # every process log, and whatever else a scenario captured (schemathesis' output)
+        logs = set(self.procs.logs()) | set((self.dir / "logs").glob("*.log"))
+        result.leaks += self.ctx.secrets.leaks(sorted(logs))
