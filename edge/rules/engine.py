@@ -5,6 +5,8 @@ Who calls what (the gateway's local-alert task; tests call the same API)::
     eng = AlertEngine(ruleset, now_ms=clock.now_ms())
     out = eng.observe(reading)                      # every accepted reading, in arrival order
     out = eng.advance(now_ms, gateway_status)       # every ~100 ms
+    if eng.closes_pending(now_ms):                  # a reading made windows due (or a
+        out = eng.close_windows(now_ms)             # bounded advance left some): close now
     eng.acknowledge("overheat:sensor-7", by="operator1", now_ms=...)
     reload = eng.replace_rules(load_rules(path))    # on SIGHUP / file change
     snap = eng.snapshot()                           # JSON-safe; persist it
@@ -15,10 +17,19 @@ must forward (aggregates and transitions as `Event`s via `to_event()`, refused r
 counters).  Nothing here blocks, sleeps, reads a clock or does I/O.
 
 Timing.  `observe` files readings and evaluates per-reading rules (stale recovery, low battery
-on the last reading) at once; windows that closed are computed and evaluated by the next
-`advance`, which also runs stale checks, gateway rules and re-notifications.  `now_ms` is the
-processing clock; `observe(reading)` without `now_ms` takes the last `advance` time as the
-reading's arrival.  Transitions carry `at_ms` = the `now_ms` they were produced at.
+on the last reading) at once; windows that became due are closed, computed and evaluated by
+the next `advance` (which also runs stale checks, gateway rules and re-notifications) or
+`close_windows` (windows only — the caller runs it as soon as `closes_pending` says a
+reading made a window due, so an alert does not wait for the next tick).  Both take
+`max_windows` to bound the work of one call (about that many windows; the rest stay due,
+oldest first, for the next call — see `edge.windows.windower`).  `now_ms` is the processing
+clock; `observe(reading)` without `now_ms` takes the last `advance` time as the reading's
+arrival.  Transitions carry `at_ms` = the `now_ms` they were produced at.
+
+Closed windows stay column-wise (`edge.windows.ClosedWindows`): rules are evaluated on the
+aggregate columns with numpy, and only the windows a rule acts on (its condition holds, or
+the subject has an alert or a `for N windows` count) are stepped one by one; `Output.aggregates`
+builds the other `WindowResult`s only when the caller reads them.
 
 Hysteresis.  A rule fires when its condition holds for `for N windows` consecutive windows
 (windows whose starts are exactly one slide apart; a gap restarts the count) and, once firing,
@@ -29,18 +40,22 @@ clear's window count.  A value that is missing (None) changes nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from edge.model import Event, Reading
+from edge.rules import snapshot as _snapshot
 from edge.rules.alerts import AlertBook, AlertTransition
 from edge.rules.model import Matcher, Rule, RuleSet
+from edge.rules.snapshot import SNAPSHOT_VERSION, EngineCapture
 from edge.rules.stale import StaleTracker
-from edge.windows import Late, Windower, WindowResult, WindowSpec
+from edge.rules.vector import candidates
+from edge.windows import Chain, ClosedWindows, Late, Windower, WindowResult
 
-SNAPSHOT_VERSION = 1
+__all__ = ["SNAPSHOT_VERSION", "AlertEngine", "EngineCapture", "GatewayStatus", "Output",
+           "Reload", "iso_ms"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +70,8 @@ class GatewayStatus:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    aggregates: tuple[WindowResult, ...] = ()
+    #: closed windows; a lazy sequence (`edge.windows.Chain`) — elements are built on access
+    aggregates: Sequence[WindowResult] = ()
     transitions: tuple[AlertTransition, ...] = ()
     late: tuple[Late, ...] = ()
 
@@ -130,19 +146,25 @@ class AlertEngine:
         self._windowers = {wid: Windower(spec, now_ms=now_ms)
                            for wid, spec in ruleset.windows.items()}
         self._pending: list[AlertTransition] = []
-        self._pending_aggregates: list[WindowResult] = []
+        self._pending_aggregates: list[Sequence[WindowResult]] = []
+        #: which windower a bounded close starts with (rotates: no family starves)
+        self._first = 0
         self._install(ruleset)
 
     def _install(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset
         self._rules = {r.id: r for r in ruleset.rules}
         self._window_rules = [r for r in ruleset.rules if r.on_windows]
+        self._rules_by_window: dict[str, list[Rule]] = {}
+        for r in self._window_rules:
+            if r.window is not None:
+                self._rules_by_window.setdefault(r.window, []).append(r)
         self._reading_rules = [r for r in ruleset.rules if r.on_readings]
         self._gateway_rules = [r for r in ruleset.rules if r.on_gateway]
         self._stale_rules = [r for r in ruleset.rules if r.kind == "stale"]
         self._cooldowns = {r.id: r.cooldown_ms for r in ruleset.rules}
         self._reading_cache: dict[tuple[Any, ...], tuple[Rule, ...]] = {}
-        self._window_cache: dict[tuple[Any, ...], tuple[Rule, ...]] = {}
+        self._window_cache: dict[tuple[Any, ...], tuple[int, ...]] = {}
         for rule in self._stale_rules:
             self._stale.track(rule.id)
 
@@ -212,22 +234,16 @@ class AlertEngine:
 
     # -- time ------------------------------------------------------------------------------
 
-    def advance(self, now_ms: int, gateway_status: GatewayStatus | None = None) -> Output:
-        """Close due windows and evaluate them; stale, gateway and re-notification checks.
+    def advance(self, now_ms: int, gateway_status: GatewayStatus | None = None, *,
+                max_windows: int | None = None) -> Output:
+        """Close due windows (at most about `max_windows`) and evaluate them; stale, gateway
+        and re-notification checks.
 
         Without `gateway_status` the gateway rules keep their state (nothing is known)."""
         self._now = now_ms
-        aggregates = self._pending_aggregates
-        transitions = self._pending
-        self._pending_aggregates, self._pending = [], []
-        for w in self._windowers.values():
-            closed = w.advance(now_ms)
-            if not closed:
-                continue
-            aggregates += closed
-            if self._window_rules:
-                for res in closed:
-                    transitions += self._evaluate_window(res, now_ms)
+        parts, self._pending_aggregates = self._pending_aggregates, []
+        transitions, self._pending = self._pending, []
+        self._close(now_ms, max_windows, parts, transitions)
         for rule in self._stale_rules:
             transitions += self._check_stale(rule, now_ms)
         if gateway_status is not None:
@@ -236,9 +252,61 @@ class AlertEngine:
                 if t is not None:
                     transitions.append(t)
         transitions += self._book.due_renotifications(now_ms, self._cooldowns, self._rerender)
-        if not aggregates and not transitions:
+        return self._output(parts, transitions)
+
+    def close_windows(self, now_ms: int, *, max_windows: int | None = None) -> Output:
+        """Close due windows (at most about `max_windows`) and evaluate their rules — nothing
+        else: the part of `advance` an alert waits for, to run between ticks."""
+        self._now = now_ms
+        parts: list[Sequence[WindowResult]] = []
+        transitions: list[AlertTransition] = []
+        self._close(now_ms, max_windows, parts, transitions)
+        return self._output(parts, transitions)
+
+    @property
+    def windows_due(self) -> bool:
+        """Whether a reading moved some series' watermark past a window's end (cheap, no
+        clock needed: call it after `observe` to decide whether to close windows now)."""
+        for w in self._windowers.values():
+            if w.due_count:
+                return True
+        return False
+
+    def closes_pending(self, now_ms: int) -> bool:
+        """Whether windows are due at `now_ms` (a reading moved a watermark past a window's
+        end, an idle deadline passed, or a bounded call left some)."""
+        return any(w.closes_pending(now_ms) for w in self._windowers.values())
+
+    def next_deadline_ms(self) -> int | None:
+        """The earliest idle deadline of any window family (processing clock), or None."""
+        found = [d for w in self._windowers.values()
+                 if (d := w.next_deadline_ms()) is not None]
+        return min(found) if found else None
+
+    def _close(self, now_ms: int, max_windows: int | None,
+               parts: list[Sequence[WindowResult]], transitions: list[AlertTransition]
+               ) -> None:
+        windowers = list(self._windowers.values())
+        if not windowers:
+            return
+        self._first = (self._first + 1) % len(windowers)
+        left = max_windows
+        for w in windowers[self._first:] + windowers[:self._first]:
+            if left is not None and left <= 0:
+                break
+            closed = w.close_due(now_ms, left)
+            if not closed:
+                continue
+            if left is not None:
+                left -= len(closed)
+            parts.append(closed)
+            transitions += self._evaluate_batch(closed, now_ms)
+
+    def _output(self, parts: list[Sequence[WindowResult]],
+                transitions: list[AlertTransition]) -> Output:
+        if not transitions and not any(len(p) for p in parts):
             return _EMPTY
-        return Output(aggregates=tuple(aggregates), transitions=tuple(transitions))
+        return Output(aggregates=Chain(parts), transitions=tuple(transitions))
 
     def flush(self, now_ms: int) -> Output:
         """Close every open window now and evaluate rules on them (closed_by="flush").
@@ -246,36 +314,72 @@ class AlertEngine:
         Prefer `snapshot(include_windows=True)` at shutdown: a flushed partial window and the
         rest of it seen after a restart share one idempotency key."""
         self._now = now_ms
-        aggregates: list[WindowResult] = []
+        parts: list[Sequence[WindowResult]] = []
         transitions: list[AlertTransition] = []
         for w in self._windowers.values():
-            closed = w.flush()
-            aggregates += closed
-            for res in closed:
-                transitions += self._evaluate_window(res, now_ms)
-        return Output(aggregates=tuple(aggregates), transitions=tuple(transitions))
+            closed = w.close_all()
+            parts.append(closed)
+            transitions += self._evaluate_batch(closed, now_ms)
+        return Output(aggregates=Chain(parts), transitions=tuple(transitions))
 
-    def _evaluate_window(self, res: WindowResult, now_ms: int) -> list[AlertTransition]:
-        tags = res.tags
-        ck = (res.window, res.key, res.measurement, tags.get("facility"), tags.get("line"),
-              tags.get("zone"))
-        rules = self._window_cache.get(ck)
-        if rules is None:
-            rules = self._window_cache[ck] = tuple(
-                r for r in self._window_rules
-                if r.window == res.window and r.matcher.matches(res.key, res.measurement, tags))
+    def _evaluate_batch(self, batch: ClosedWindows, now_ms: int) -> list[AlertTransition]:
+        """Rules on a batch of closed windows: matched per series (cached), pre-filtered on
+        the aggregate columns, stepped in close order for the windows a rule acts on."""
+        rules = self._rules_by_window.get(batch.window_id)
+        if not rules or not len(batch):
+            return []
+        keys = batch.keys()
+        per_rule = self._match(batch, rules, keys)
+        todo: list[tuple[int, int]] = []
+        for j, idx in per_rule.items():
+            rule = rules[j]
+            todo += [(i, j) for i in candidates(rule, batch, idx, keys,
+                                                self._stateful(rule.id))]
+        todo.sort()
         out = []
-        for rule in rules:
-            value = rule.window_value(res)
-
-            def context(rule: Rule = rule, value: float | None = value) -> dict[str, Any]:
-                return self._window_values(rule, res, value)
-
-            t = self._step(rule, res.key, value, now_ms, res.start_ms,
-                           res.start_ms + res.slide_ms, context, res)
+        for i, j in todo:
+            t = self._evaluate_window(rules[j], batch[i], now_ms)
             if t is not None:
                 out.append(t)
         return out
+
+    def _match(self, batch: ClosedWindows, rules: list[Rule], keys: list[str]
+               ) -> dict[int, list[int]]:
+        """Window indices of `batch` each rule (by position in `rules`) applies to."""
+        wid = batch.window_id
+        cache = self._window_cache
+        per_rule: dict[int, list[int]] = {}
+        meas = batch.measurements()
+        for i, (key, m, r) in enumerate(zip(keys, meas, batch.latest_readings())):
+            ck = (wid, key, m, r.facility, r.line, r.zone)
+            hit = cache.get(ck)
+            if hit is None:
+                tags = batch.tags(i)
+                hit = cache[ck] = tuple(j for j, rule in enumerate(rules)
+                                        if rule.matcher.matches(key, m, tags))
+            for j in hit:
+                got = per_rule.get(j)
+                if got is None:
+                    per_rule[j] = [i]
+                else:
+                    got.append(i)
+        return per_rule
+
+    def _stateful(self, rule_id: str) -> set[str]:
+        """Subjects of `rule_id` with an active alert or a `for N windows` count."""
+        out = {a.subject for a in self._book if a.rule_id == rule_id}
+        out.update(subject for rid, subject in self._streaks if rid == rule_id)
+        return out
+
+    def _evaluate_window(self, rule: Rule, res: WindowResult, now_ms: int
+                         ) -> AlertTransition | None:
+        value = rule.window_value(res)
+
+        def context() -> dict[str, Any]:
+            return self._window_values(rule, res, value)
+
+        return self._step(rule, res.key, value, now_ms, res.start_ms,
+                          res.start_ms + res.slide_ms, context, res)
 
     def _window_values(self, rule: Rule, res: WindowResult, value: float | None
                        ) -> dict[str, Any]:
@@ -393,7 +497,7 @@ class AlertEngine:
 
     def replace_rules(self, ruleset: RuleSet) -> Reload:
         """Swap in a new rule set, keeping the state of rules and windows that persist."""
-        aggregates: list[WindowResult] = []
+        aggregates: list[Sequence[WindowResult]] = []
         kept, restarted, added = [], [], []
         for wid, spec in ruleset.windows.items():
             w = self._windowers.get(wid)
@@ -404,11 +508,11 @@ class AlertEngine:
                 continue
             else:
                 restarted.append(wid)
-                aggregates += w.flush("reload")
+                aggregates.append(w.close_all("reload"))
             self._windowers[wid] = Windower(spec, now_ms=self._now)
         removed = [wid for wid in self._windowers if wid not in ruleset.windows]
         for wid in removed:
-            aggregates += self._windowers.pop(wid).flush("reload")
+            aggregates.append(self._windowers.pop(wid).close_all("reload"))
         old_rules = self._rules
         new_rules = {r.id: r for r in ruleset.rules}
         fresh = set(restarted)
@@ -417,7 +521,7 @@ class AlertEngine:
             or old.clear != new.clear or (new.window in fresh)))
         self._install(ruleset)
         return Reload(
-            output=Output(aggregates=tuple(aggregates), transitions=tuple(transitions)),
+            output=Output(aggregates=Chain(aggregates), transitions=tuple(transitions)),
             windows_kept=tuple(kept), windows_restarted=tuple(restarted),
             windows_added=tuple(added), windows_removed=tuple(removed),
             rules_added=tuple(r for r in new_rules if r not in old_rules),
@@ -462,17 +566,12 @@ class AlertEngine:
         Without windows the snapshot is small (alerts and per-device last-seen times); with
         them it also holds every open window's values, so a restart loses no partial window.
         """
-        snap: dict[str, Any] = {
-            "version": SNAPSHOT_VERSION, "saved_at_ms": self._now, "gateway_id": self.gateway_id,
-            "alerts": self._book.to_state(),
-            "streaks": [[rid, subject, st.count, st.next_start]
-                        for (rid, subject), st in self._streaks.items()],
-            "stale": self._stale.to_state(),
-            "pending": [[t.transition, t.at_ms, t.body] for t in self._pending],
-        }
-        if include_windows:
-            snap["windows"] = {wid: w.to_state() for wid, w in self._windowers.items()}
-        return snap
+        return self.capture(include_windows=include_windows).to_dict()
+
+    def capture(self, *, include_windows: bool = False) -> EngineCapture:
+        """The state `snapshot` would return, as a quick copy: `.to_dict()` builds the
+        snapshot later, on any thread (`edge.rules.snapshot`)."""
+        return _snapshot.capture(self, include_windows=include_windows)
 
     @classmethod
     def restore(cls, ruleset: RuleSet, snapshot: Mapping[str, Any], *, now_ms: int,
@@ -485,27 +584,4 @@ class AlertEngine:
         Stale tracking restarts its clock at `now_ms`: the gateway being down is not every
         device being silent.  Raises ValueError for a snapshot of another format version.
         """
-        if snapshot.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"unsupported alert-engine snapshot version "
-                             f"{snapshot.get('version')!r} (expected {SNAPSHOT_VERSION})")
-        eng = cls(ruleset, now_ms=now_ms,
-                  gateway_id=gateway_id or str(snapshot.get("gateway_id", "gateway")))
-        eng._book = AlertBook.from_state(snapshot["alerts"], eng._cooldowns)
-        eng._pending = [AlertTransition(kind, at, body)
-                        for kind, at, body in snapshot.get("pending", [])]
-        for rid, subject, count, next_start in snapshot.get("streaks", []):
-            eng._streaks[(rid, subject)] = _Streak(count, next_start)
-
-        eng._stale = StaleTracker.from_state(snapshot.get("stale", {}), now_ms=now_ms)
-        for wid, state in snapshot.get("windows", {}).items():
-            old = WindowSpec.from_dict(state["spec"])
-            if wid in ruleset.windows and ruleset.windows[wid] == old:
-                eng._windowers[wid] = Windower.from_state(old, state, now_ms=now_ms)
-            else:
-                orphan = Windower.from_state(old, state, now_ms=now_ms)
-                eng._pending_aggregates += orphan.flush("reload")
-        # rules as they were when saved are unknown; judge every state against the new set
-        eng._rules = {}
-        eng._pending += eng._reconcile({r.id: r for r in ruleset.rules}, lambda old, new: False)
-        eng._install(ruleset)
-        return eng
+        return _snapshot.restore(cls, ruleset, snapshot, now_ms=now_ms, gateway_id=gateway_id)

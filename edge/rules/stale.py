@@ -74,9 +74,13 @@ class StaleTracker:
     # -- persistence ---------------------------------------------------------------------
 
     @staticmethod
-    def _entry(entry: Seen) -> list[Any]:
+    def entry_state(entry: Seen) -> list[Any]:
         arrival, r = entry
         return [arrival, r.measurement, r.facility, r.line, r.zone]
+
+    def copy_entries(self) -> dict[str, tuple[dict[str, Seen], dict[str, Seen]]]:
+        """Per rule, (seen, silent) copied — the entries themselves are immutable."""
+        return {rid: (dict(seen), dict(self._silent[rid])) for rid, seen in self._seen.items()}
 
     @staticmethod
     def _reading(dev: str, item: list[Any]) -> Seen:
@@ -86,8 +90,8 @@ class StaleTracker:
                                 zone=zone)
 
     def to_state(self) -> dict[str, Any]:
-        return {rid: {"seen": {d: self._entry(e) for d, e in seen.items()},
-                      "silent": {d: self._entry(e) for d, e in self._silent[rid].items()}}
+        return {rid: {"seen": {d: self.entry_state(e) for d, e in seen.items()},
+                      "silent": {d: self.entry_state(e) for d, e in self._silent[rid].items()}}
                 for rid, seen in self._seen.items()}
 
     @classmethod

@@ -12,6 +12,8 @@ Aggregate event body (`WindowResult.to_event().body`, JSON/msgpack-safe)::
      "tags": {"facility": ..., "line": ..., "zone": ...},   # those that are set
      "battery_min": 3.61}                         # or None when no reading carried one
 
+`due_ms` (not in the body) is when the window's close became due on the gateway's clock.
+
 The event's `device_id` is the window key (the device id for per-device windows, e.g.
 `facility=f1,line=2` for tag groups), `ts_ms` is the window start, and `key` is a stable
 16-byte hash of (window geometry, key, measurement, start): the same window computed twice —
@@ -45,6 +47,10 @@ class WindowResult:
     unit: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     battery_min: float | None = None
+    #: processing time the close became due (the arrival of the reading that moved the
+    #: watermark past the end, or the idle deadline); None for flush/reload closes.  Not part
+    #: of the event body: it is the gateway's latency bookkeeping, not the window's data.
+    due_ms: int | None = field(default=None, compare=False)
 
     @property
     def count(self) -> int:

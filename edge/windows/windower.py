@@ -1,11 +1,22 @@
 """Event-time windows for one `WindowSpec`, pure and single-threaded.
 
 Who calls what: the owner feeds every reading to `observe(reading, arrival_ms)` and calls
-`advance(now_ms)` periodically (the gateway: every ~100 ms).  `observe` never computes an
-aggregate; it only files the value and notes which windows became due.  `advance` closes due
-windows and computes all their aggregates in one numpy batch (`edge.windows.aggregate`), which
-is how 10,000 readings/s fit in a small CPU budget.  A closed window therefore comes out of the
-first `advance` after it closed — at most one advance period later.
+`close_due(now_ms)` (or `advance(now_ms)`) periodically — the gateway: every ~100 ms, and
+as soon as `closes_pending` turns true after a reading.  `observe` never computes an
+aggregate; it only files the value and notes which series became due.  `close_due` closes
+due windows and computes all their aggregates in one numpy batch
+(`edge.windows.aggregate`), returned column-wise (`edge.windows.batch.ClosedWindows`):
+no Python object per window is made on the way, which is how 10,000 readings/s fit in a
+small CPU budget.
+
+Bounded work.  `close_due(now_ms, max_windows=N)` visits at most N due series (so closes
+about N windows; one series' due windows are always closed together) and leaves the rest
+for the next call, oldest first: series are taken in the order their closes became due —
+event-time closes in the order of the readings that made them due, idle closes in deadline
+order, the two merged.  `closes_pending` says whether more is due.  A window is closed once
+and never skipped: a series waiting in the queue keeps its open panes (readings arriving
+meanwhile are merged as usual) and is closed, up to its watermark at that moment, when its
+turn comes.
 
 Series and watermarks.  A *series* is (key, measurement).  Each series has its own watermark
 — per series, not global, so a device with a fast clock or a backlog replay cannot close
@@ -28,7 +39,11 @@ within `lateness` of the newest event time of its series (and not held back long
 gives exactly the windows sorted input gives.  Out-of-order readings that are merged are
 counted in `WindowResult.late`.
 
-Ordering: windows of one series come out in start order; across series in no promised order.
+Ordering: windows of one series come out in start order; across series in the order their
+closes became due.  Each window carries `due_ms`, the processing time its close became due
+(the `arrival_ms` of the reading that moved the event-time watermark past its end, or the
+exact idle deadline); a series' further windows closed in the same visit carry the same,
+earlier, time.
 Duplicates are not detected here (the ingest path de-duplicates by idempotency key).
 
 numpy is needed at close time only (imported lazily by `edge.windows.aggregate`).
@@ -36,22 +51,21 @@ numpy is needed at close time only (imported lazily by `edge.windows.aggregate`)
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import sys
 from array import array
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 from edge.model import Reading
-from edge.windows.aggregate import compute_batch
+from edge.windows.aggregate import compute_columns
+from edge.windows.batch import ClosedWindows, Sealed
 from edge.windows.result import Late, WindowResult
 from edge.windows.spec import WindowSpec
+from edge.windows.state import SeriesCopy, WindowerCapture, restore_windower
+from edge.windows.timers import GRANULARITY_MS, DeadlineWheel
 
 _SWEEP_EVERY_MS = 60_000
-#: an idle deadline moving earlier by less than this keeps the queued one: arrival jitter
-#: would otherwise re-queue most series on most readings.  Idle closes may thus come up to
-#: this much later than the exact extrapolation (never earlier).
-_DEADLINE_SLACK_MS = 100
 _TAG_FIELDS = ("facility", "line", "zone")
 
 
@@ -72,7 +86,8 @@ _NO_PANE = _Pane()
 
 class _Series:
     __slots__ = ("key", "measurement", "panes", "max_ts", "next_k", "close_end",
-                 "last_arrival", "last", "due", "deadline", "late", "cur_p", "cur_pane")
+                 "last_arrival", "last", "due", "due_at", "bucket", "late", "cur_p",
+                 "cur_pane")
 
     def __init__(self, key: str, measurement: str, last: Reading) -> None:
         self.key = key
@@ -85,15 +100,14 @@ class _Series:
         self.last_arrival = 0
         self.last = last
         self.due = False
-        #: the earliest idle deadline this series has in the heap, if any
-        self.deadline: int | None = None
+        #: arrival of the reading that made it due (while `due`)
+        self.due_at = 0
+        #: the `DeadlineWheel` bucket of its idle deadline, if one is filed
+        self.bucket: int | None = None
         self.late = 0
         #: the pane the last reading went to (most readings go to the same one)
         self.cur_p: int | None = None
         self.cur_pane = _NO_PANE
-
-
-_Sealed = tuple[_Series, int, list[_Pane], str]
 
 
 class Windower:
@@ -109,10 +123,11 @@ class Windower:
         self._by_device = spec.key_by == ("device_id",)
         self._measurements = spec.measurements
         self._series: dict[tuple[str, str], _Series] = {}
-        self._due: list[_Series] = []
-        self._heap: list[tuple[int, int, _Series]] = []
-        self._seq = itertools.count()
-        self._sealed: list[_Sealed] = []
+        #: series due by the event-time watermark, in the order they became due
+        self._due: deque[_Series] = deque()
+        #: idle deadlines (idle closes come at most its granularity, 10 ms, late)
+        self._wheel: DeadlineWheel[_Series] = DeadlineWheel()
+        self._sealed: list[Sealed] = []
         self._last_sweep = now_ms
         #: readings refused by reason, and windows emitted — for metrics
         self.counters: dict[str, int] = {"late": 0, "missing_key": 0, "bad_quality": 0,
@@ -175,13 +190,13 @@ class Windower:
             s.max_ts = ts
             if ts - self._L >= s.close_end and not s.due:
                 s.due = True
+                s.due_at = arrival_ms
                 self._due.append(s)
         s.last_arrival = arrival_ms
         s.last = r
         deadline = arrival_ms + (s.close_end - s.max_ts) + self._idle
-        if s.deadline is None or deadline < s.deadline - _DEADLINE_SLACK_MS:
-            s.deadline = deadline
-            heapq.heappush(self._heap, (deadline, next(self._seq), s))
+        if s.bucket is None or -(-deadline // GRANULARITY_MS) < s.bucket:
+            self._wheel.set(s, deadline)
         return None
 
     def _new_series(self, key: str, r: Reading) -> _Series:
@@ -197,55 +212,112 @@ class Windower:
 
     def advance(self, now_ms: int) -> list[WindowResult]:
         """Close every window whose event-time or idle watermark has passed its end."""
-        for s in self._due:
-            s.due = False
-            self._close(s, s.max_ts - self._L, "watermark")
-        self._due.clear()
-        heap = self._heap
-        while heap and heap[0][0] <= now_ms:
-            deadline, _, s = heapq.heappop(heap)
-            if s.deadline != deadline:
-                continue  # superseded by an earlier entry that was already handled
-            s.deadline = None
-            self._close(s, s.max_ts - self._L, "watermark")
-            self._close(s, s.max_ts + (now_ms - s.last_arrival) - self._idle, "idle")
+        return list(self.close_due(now_ms))
+
+    def close_due(self, now_ms: int, max_windows: int | None = None) -> ClosedWindows:
+        """Close due windows, oldest due first: all of them, or as many as `max_windows`
+        series visits allow (see the module docstring); `closes_pending` tells if more are
+        due."""
+        limit = sys.maxsize if max_windows is None else max(1, max_windows)
+        due, wheel, L, idle = self._due, self._wheel, self._L, self._idle
+        visits = 0
+        # when the earliest idle deadline is handed out; may be too early once its entry is
+        # superseded — then the wheel has nothing due and the due queue goes on
+        first_idle = wheel.earliest_ms()
+        while visits < limit and len(self._sealed) < limit:
+            visits += 1
+            if due and (first_idle is None or first_idle > now_ms
+                        or due[0].due_at <= first_idle):
+                s = due.popleft()
+                s.due = False
+                before = s.close_end
+                self._close(s, s.max_ts - L, "watermark", s.due_at)
+                if s.close_end != before and s.panes:
+                    at = self._requeue(s)
+                    if first_idle is None or at < first_idle:
+                        first_idle = at
+                continue
+            popped = wheel.pop_due(now_ms)
+            if popped is None:
+                if not due:
+                    break
+                first_idle = None  # nothing idle is due now
+                continue
+            s = popped
+            if s.due:
+                self._close(s, s.max_ts - L, "watermark", s.due_at)
+            exact = s.last_arrival + (s.close_end - s.max_ts) + idle
+            self._close(s, s.max_ts + (now_ms - s.last_arrival) - idle, "idle", exact)
             if s.panes:
-                s.deadline = s.last_arrival + (s.close_end - s.max_ts) + self._idle
-                heapq.heappush(heap, (s.deadline, next(self._seq), s))
+                self._requeue(s)
+            first_idle = wheel.earliest_ms()
         if now_ms - self._last_sweep >= min(_SWEEP_EVERY_MS, self.spec.forget_after_ms):
             self._sweep(now_ms)
         return self._drain()
 
+    @property
+    def due_count(self) -> int:
+        """Series waiting to be closed by their event-time watermark."""
+        return len(self._due)
+
+    def closes_pending(self, now_ms: int) -> bool:
+        """Whether `close_due(now_ms)` has work: series due by their watermark, or an idle
+        deadline at or before `now_ms`."""
+        if self._due:
+            return True
+        deadline = self._wheel.earliest_ms()
+        return deadline is not None and deadline <= now_ms
+
+    def next_deadline_ms(self) -> int | None:
+        """When the earliest idle deadline filed is handed out (processing clock), or None."""
+        return self._wheel.earliest_ms()
+
+    def _requeue(self, s: _Series) -> int:
+        """File the idle deadline of the series' first open window (after a close); returns
+        when it will be handed out."""
+        return self._wheel.set(s, s.last_arrival + (s.close_end - s.max_ts) + self._idle)
+
     def flush(self, closed_by: str = "flush") -> list[WindowResult]:
         """Close every open window now (shutdown, reload).  Later readings for them are late."""
+        return list(self.close_all(closed_by))
+
+    def close_all(self, closed_by: str = "flush") -> ClosedWindows:
+        """`flush`, column-wise."""
         for s in self._series.values():
             if s.panes:
                 last_pane = max(s.panes)
-                self._close(s, last_pane * self._P + self._S, closed_by)
+                self._close(s, last_pane * self._P + self._S, closed_by, None)
             s.due = False
         self._due.clear()
         return self._drain()
 
-    def _close(self, s: _Series, watermark: int, closed_by: str) -> None:
+    def _close(self, s: _Series, watermark: int, closed_by: str, due_ms: int | None) -> None:
         P, S, n = self._P, self._S, self._n
         target = (watermark - S) // P + 1
         if target <= s.next_k:
             return
         panes = s.panes
         if panes:
-            present = sorted(panes)
+            sealed = self._sealed
+            last = s.last
             if n == 1:
-                for p in present:
-                    if p >= target:
-                        break
-                    self._sealed.append((s, p, [panes.pop(p)], closed_by))
+                if len(panes) == 1:  # the usual case: one pane, closing
+                    p = next(iter(panes))
+                    if p < target:
+                        sealed.append((s, p, [panes.pop(p)], closed_by, due_ms, last))
+                else:
+                    for p in sorted(panes):
+                        if p >= target:
+                            break
+                        sealed.append((s, p, [panes.pop(p)], closed_by, due_ms, last))
             else:
+                present = sorted(panes)
                 starts: set[int] = set()
                 for p in present:
                     starts.update(range(max(p - n + 1, s.next_k), min(p, target - 1) + 1))
                 for k in sorted(starts):
                     members = [panes[q] for q in range(k, k + n) if q in panes]
-                    self._sealed.append((s, k, members, closed_by))
+                    sealed.append((s, k, members, closed_by, due_ms, last))
                 for p in present:
                     if p < target:
                         del panes[p]
@@ -254,40 +326,21 @@ class Windower:
         if s.cur_p is not None and s.cur_p < target:
             s.cur_p = None
 
-    def _drain(self) -> list[WindowResult]:
+    def _drain(self) -> ClosedWindows:
         sealed = self._sealed
-        if not sealed:
-            return []
         self._sealed = []
         values = array("d")
         times = array("q")
         counts = []
-        for _, _, panes, _ in sealed:
+        for item in sealed:
             c = 0
-            for pane in panes:
+            for pane in item[2]:
                 values.extend(pane.vals)
                 times.extend(pane.ts)
                 c += len(pane.vals)
             counts.append(c)
-        aggs = compute_batch(values, times, counts)
-        spec = self.spec
-        kind, fingerprint, P, S = spec.kind, spec.fingerprint, self._P, self._S
-        out = []
-        for (s, k, panes, closed_by), agg in zip(sealed, aggs):
-            bmins = [p.bmin for p in panes if p.bmin is not None]
-            out.append(WindowResult(
-                window=spec.id, kind=kind, size_ms=S, slide_ms=P, fingerprint=fingerprint,
-                key=s.key, measurement=s.measurement, start_ms=k * P, end_ms=k * P + S,
-                aggregates=agg, late=sum(p.late for p in panes), closed_by=closed_by,
-                unit=s.last.unit, tags=self._tags(s.last),
-                battery_min=min(bmins) if bmins else None))
-        self.counters["windows_closed"] += len(out)
-        return out
-
-    def _tags(self, r: Reading) -> dict[str, str]:
-        if "device_id" in self.spec.key_by:
-            return r.tags
-        return {name: str(getattr(r, name)) for name in self.spec.key_by}
+        self.counters["windows_closed"] += len(sealed)
+        return ClosedWindows(self.spec, sealed, compute_columns(values, times, counts))
 
     def _sweep(self, now_ms: int) -> None:
         """Forget series silent for `forget_after` with nothing open (bounded memory)."""
@@ -319,52 +372,34 @@ class Windower:
                 out[s.key] = out.get(s.key, 0) + s.late
         return out
 
+    def capture(self) -> WindowerCapture:
+        """A copy of every series' state (`edge.windows.state`): a few allocations per
+        series, no values copied."""
+        # a pane's arrays only ever grow (`observe` appends): its length now is all the copy
+        # needs — the values themselves are read later, by `WindowerCapture.to_state`
+        series: list[SeriesCopy] = [
+            (s.key, s.measurement, s.max_ts, s.next_k, s.last_arrival, s.late, s.last,
+             [(p, pane, len(pane.vals), pane.late, pane.bmin) for p, pane in s.panes.items()])
+            for s in self._series.values()]
+        return WindowerCapture(self.spec, dict(self.counters), series)
+
     def to_state(self) -> dict[str, Any]:
         """JSON-safe state of every series (open panes included)."""
-        series = []
-        for s in self._series.values():
-            r = s.last
-            series.append({
-                "key": s.key, "measurement": s.measurement, "max_ts": s.max_ts,
-                "next_k": s.next_k, "last_arrival": s.last_arrival, "late": s.late,
-                "last": {"device_id": r.device_id, "unit": r.unit, "facility": r.facility,
-                         "line": r.line, "zone": r.zone},
-                "panes": [[p, list(pane.ts), list(pane.vals), pane.late, pane.bmin]
-                          for p, pane in sorted(s.panes.items())],
-            })
-        return {"spec": self.spec.to_dict(), "counters": dict(self.counters),
-                "series": series}
+        return self.capture().to_state()
 
     @classmethod
     def from_state(cls, spec: WindowSpec, state: dict[str, Any], *, now_ms: int) -> Windower:
         """Rebuild from `to_state()`.  The caller checks the spec still matches."""
-        w = cls(spec, now_ms=now_ms)
-        w.counters.update(state.get("counters", {}))
-        for item in state["series"]:
-            last = item["last"]
-            r = Reading(device_id=last["device_id"], ts_ms=item["max_ts"], value=0.0,
-                        measurement=item["measurement"], unit=last["unit"],
-                        facility=last["facility"], line=last["line"], zone=last["zone"])
-            s = _Series(item["key"], item["measurement"], r)
-            s.max_ts = item["max_ts"]
-            s.next_k = item["next_k"]
-            s.close_end = s.next_k * w._P + w._S
-            s.last_arrival = item["last_arrival"]
-            s.late = item["late"]
-            for p, ts, vals, late, bmin in item["panes"]:
-                pane = _Pane()
-                pane.ts.extend(ts)
-                pane.vals.extend(float(v) for v in vals)
-                pane.late = late
-                pane.bmin = bmin
-                s.panes[p] = pane
-            w._series[(s.key, s.measurement)] = s
-            if s.max_ts - w._L >= s.close_end:
-                s.due = True
-                w._due.append(s)
-            if s.panes:
-                # a restart is not silence: the idle clock starts again from the restore
-                s.last_arrival = max(s.last_arrival, now_ms)
-                s.deadline = s.last_arrival + (s.close_end - s.max_ts) + w._idle
-                heapq.heappush(w._heap, (s.deadline, next(w._seq), s))
-        return w
+        return restore_windower(cls(spec, now_ms=now_ms), state, now_ms=now_ms)
+
+    def adopt(self, s: _Series, *, due: bool, now_ms: int) -> None:
+        """Take a restored series (`edge.windows.state`)."""
+        self._series[(s.key, s.measurement)] = s
+        if due:
+            s.due = True
+            s.due_at = now_ms
+            self._due.append(s)
+        if s.panes:
+            # a restart is not silence: the idle clock starts again from the restore
+            s.last_arrival = max(s.last_arrival, now_ms)
+            self._requeue(s)
