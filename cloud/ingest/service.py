@@ -15,7 +15,7 @@
    for the first; only one is produced.
 5. decode and validation (`edge.codec.scan_batch`, `cloud.ingest.validate`); refused
    readings/events are dead-lettered, the rest is accepted.  Reading de-duplication drops
-   readings this gateway already had produced recently (`cloud.ingest.dedup.RecentKeys`).
+   readings this gateway already had produced recently (`cloud.ingest.recent.RecentKeys`).
    The common case — every reading valid and new — is decided on the frame's columns and
    planned from them (`records.plan_columns`) without a `Reading` object per reading; only
    a batch with refused or repeated readings is turned into readings (`records.plan_records`).
@@ -39,6 +39,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -51,8 +52,9 @@ from cloud.bus import OutRecord, TopicSpec
 from cloud.bus.base import Bus
 from cloud.errors import FieldlinkError
 from cloud.http import ServiceHttp, tls_context
-from cloud.ingest.dedup import BatchLedger, BatchResult, RecentKeys, column_identities
+from cloud.ingest.dedup import BatchLedger, BatchResult
 from cloud.ingest.metrics import IngestMetrics
+from cloud.ingest.recent import RecentKeys
 from cloud.ingest.records import (
     RecordPlan,
     deadletter_frame,
@@ -85,11 +87,11 @@ def openapi_document() -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class _Accepted:
-    """What a batch contributes: its records, the identities to remember once produced, and
-    what was refused (dead-lettered) or dropped as a duplicate."""
+    """What a batch contributes: its records, how to remember its readings once produced,
+    and what was refused (dead-lettered) or dropped as a duplicate."""
 
     plan: RecordPlan
-    ids: list[int]
+    remember: Callable[[], None]
     produced: int
     duplicates: int
     bad_readings: list[Reading]
@@ -335,26 +337,25 @@ class IngestService:
         s = self.settings
         header = cols.header
         assert header is not None
+        gw = header.gateway_id
         events, bad_events, event_reasons = check_events(cols.events)
-        if columns_pass(cols):
-            ids = column_identities(cols)
-            if self.recent.all_new(header.gateway_id, ids):
-                # the common case, every reading valid and new: planned from the columns
-                plan = plan_columns(cols, body, events, key_mode=s.key_mode,
-                                    compression=s.record_compression,
-                                    max_record_bytes=s.max_record_bytes,
-                                    unchanged=not bad_events)
-                return _Accepted(plan, ids, cols.n, 0, [], [], events, bad_events,
-                                 event_reasons)
+        if columns_pass(cols) and self.recent.all_new(gw, cols):
+            # the common case, every reading valid and new: planned from the columns
+            plan = plan_columns(cols, body, events, key_mode=s.key_mode,
+                                compression=s.record_compression,
+                                max_record_bytes=s.max_record_bytes, unchanged=not bad_events)
+            return _Accepted(plan, lambda: self.recent.remember(gw, cols), cols.n, 0, [], [],
+                             events, bad_events, event_reasons)
         # some readings are refused or seen before: find which, reading by reading
         readings, bad_readings, reading_reasons = check_readings(readings_of(cols))
-        fresh, ids, dups = self.recent.split(header.gateway_id, readings)
+        fresh, dups = self.recent.split(gw, readings)
         plan = plan_records(header, body, fresh, events, key_mode=s.key_mode,
                             compression=s.record_compression,
                             max_record_bytes=s.max_record_bytes,
                             unchanged=not (bad_readings or bad_events or dups))
-        return _Accepted(plan, ids, len(fresh), dups, bad_readings, reading_reasons, events,
-                         bad_events, event_reasons)
+        return _Accepted(plan, lambda: self.recent.remember_readings(gw, fresh), len(fresh),
+                         dups, bad_readings, reading_reasons, events, bad_events,
+                         event_reasons)
 
     async def _ingest(self, body: bytes, header: Header, now: int) -> web.Response:
         s = self.settings
@@ -392,7 +393,7 @@ class IngestService:
             log.error("ledger write failed", extra={"fields": {"error": repr(e)}})
             return _error(503, "ledger_unavailable", str(e),
                           **{"Retry-After": str(s.retry_after_s)})
-        self.recent.remember(gw, a.ids)
+        a.remember()
         m.readings.inc(a.produced)
         if plan.aggregates:
             m.events.labels("aggregate").inc(sum(1 for e in events if e.kind == "aggregate"))

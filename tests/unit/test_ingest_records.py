@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.ingest.dedup import RecentKeys, column_identities, reading_identity
+from cloud.ingest.recent import RecentKeys, _add, _inside, _overlaps, reading_identity
 from cloud.ingest.records import (
     KEY_MODES,
     deadletter_frame,
@@ -147,19 +147,19 @@ def test_validation_refuses_per_item() -> None:
 def test_recent_keys_drop_repeats_within_and_across_batches() -> None:
     keys = RecentKeys(capacity=10)
     a = _readings(4)
-    fresh, ids, dups = keys.split("gw-1", a + a[:1])
+    fresh, dups = keys.split("gw-1", a + a[:1])
     assert fresh == a and dups == 1
     # not remembered until produced: a retry after a failure is not a duplicate
-    assert keys.split("gw-1", a)[2] == 0
-    keys.remember("gw-1", ids)
-    fresh, _, dups = keys.split("gw-1", a[2:] + _readings(6)[4:])
+    assert keys.split("gw-1", a)[1] == 0
+    keys.remember_readings("gw-1", fresh)
+    fresh, dups = keys.split("gw-1", a[2:] + _readings(6)[4:])
     assert fresh == _readings(6)[4:] and dups == 2
-    assert keys.split("gw-2", a)[2] == 0  # per gateway
+    assert keys.split("gw-2", a)[1] == 0  # per gateway
     # bounded: two generations of capacity / 2
     for n in range(5):
-        keys.remember("gw-1", [hash(("x", n, i)) for i in range(5)])
+        keys.remember_readings("gw-1", [Reading(f"x{n}", T0, 1.0, seq=i) for i in range(5)])
     assert keys.size("gw-1") <= 10
-    assert keys.split("gw-1", a)[2] == 0  # forgotten beyond the horizon
+    assert keys.split("gw-1", a)[1] == 0  # forgotten beyond the horizon
 
 
 _text = st.text(st.sampled_from("ab"), min_size=1, max_size=2)
@@ -257,15 +257,83 @@ def test_column_plan_keys_untagged_devices_by_device() -> None:
     assert sorted(_by_key(plan_columns(cols, frame, []).readings)) == [b"-/7", b"d1", b"f/-"]
 
 
-def test_all_new_agrees_with_split() -> None:
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(-3, 40), st.integers(0, 6)), max_size=12),
+       st.integers(-3, 45))
+def test_seq_intervals_hold_exactly_the_seqs_added(ranges: list[tuple[int, int]],
+                                                    probe: int) -> None:
+    bounds: list[int] = []
+    model: set[int] = set()
+    for low, width in ranges:
+        _add(bounds, low, low + width)
+        model.update(range(low, low + width + 1))
+        assert bounds == sorted(bounds) and len(set(bounds)) == len(bounds)
+    assert _inside(bounds, probe) == (probe in model)
+    assert _overlaps(bounds, probe, probe + 3) == bool(model & set(range(probe, probe + 4)))
+
+
+@st.composite
+def _sensor_batches(draw: st.DrawFn) -> list[list[Reading]]:
+    """Batches of a few sensors counting up, with what a gateway does after a crash:
+    re-sent readings, repeats inside a batch, gaps, a unit that changes, no seq at all."""
+    batches = []
+    for b in range(draw(st.integers(1, 4))):
+        rows = []
+        for i in range(draw(st.integers(1, 12))):
+            d = draw(st.integers(0, 2))
+            seq = draw(st.one_of(st.integers(0, 30), st.none()))
+            rows.append(Reading(f"dev-{d}", T0 + 1000 * (seq or i), float(draw(st.integers(0, 3))),
+                                unit=draw(st.sampled_from(["celsius", "celsius", "kelvin"])),
+                                seq=seq, received_ms=T0 + 1000 * i + b,
+                                flags=draw(st.sampled_from([0, FLAG_TS_MISSING]))))
+        if draw(st.booleans()):
+            rows.sort(key=lambda r: (r.device_id, r.seq or 0))  # sensors counting up
+        batches.append(rows)
+    return batches
+
+
+@st.composite
+def _counting_batches(draw: st.DrawFn) -> list[list[Reading]]:
+    """Sensors counting up, interleaved as a gateway drains them; a batch may start where
+    the last one ended or re-send part of it (a gateway that crashed)."""
+    batches = []
+    for _ in range(draw(st.integers(1, 5))):
+        devices = draw(st.integers(1, 3))
+        starts = [draw(st.integers(0, 12)) for _ in range(devices)]
+        count = draw(st.integers(1, 6))
+        batches.append([Reading(f"dev-{d}", T0 + 1000 * (starts[d] + i), 1.0, unit="celsius",
+                                seq=starts[d] + i, received_ms=T0 + 1000 * i + d)
+                        for i in range(count) for d in range(devices)])
+    return batches
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_sensor_batches(), _counting_batches()), st.booleans())
+def test_all_new_on_columns_agrees_with_split_on_readings(batches: list[list[Reading]],
+                                                          by_columns: bool) -> None:
+    keys = RecentKeys(capacity=1000)
+    for rows in batches:
+        cols, _ = _cols(rows)
+        fresh, dups = keys.split("gw-1", rows)
+        assert keys.all_new("gw-1", cols) == (dups == 0)
+        if dups == 0 and by_columns:
+            keys.remember("gw-1", cols)
+        else:
+            keys.remember_readings("gw-1", fresh)
+    assert keys.size("gw-1") <= sum(map(len, batches))
+
+
+def test_all_new_sees_repeats_and_remembered_readings() -> None:
     keys = RecentKeys(capacity=100)
-    a = _readings(8)
-    ids = [reading_identity(r) for r in a]
-    assert keys.all_new("gw-1", ids)
-    assert not keys.all_new("gw-1", ids + ids[:1])  # a repeat inside the batch
-    keys.remember("gw-1", ids[:3])
-    assert not keys.all_new("gw-1", ids) and keys.split("gw-1", a)[2] == 3
-    assert keys.all_new("gw-1", ids[3:]) and keys.all_new("gw-2", ids)
+    a = _readings(12)
+    cols, _ = _cols(a)
+    assert keys.all_new("gw-1", cols)
+    assert not keys.all_new("gw-1", _cols(a + a[:1])[0])   # a repeat inside the batch
+    keys.remember_readings("gw-1", a[:3])
+    assert not keys.all_new("gw-1", cols) and keys.split("gw-1", a)[1] == 3
+    assert keys.all_new("gw-1", _cols(a[3:])[0]) and keys.all_new("gw-2", cols)
+    keys.remember("gw-1", _cols(a[3:])[0])
+    assert keys.split("gw-1", a) == ([], 12)
 
 
 _maybe_bad = st.one_of(st.just(None), st.sampled_from(["nan", "ts", "device", "quality",
@@ -320,17 +388,13 @@ def _hand_made(readings: list[Reading]) -> bytes:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_batch_readings())
-def test_columns_pass_and_identities_agree_with_the_reading_checks(
-        readings: list[Reading]) -> None:
+def test_columns_pass_agrees_with_the_reading_checks(readings: list[Reading]) -> None:
     frame = _hand_made(readings)
     cols = scan_batch(frame)
     decoded = decode_batch(frame).readings
     assert columns_pass(cols) == (check_readings(decoded)[1] == [])
-    ids = column_identities(cols)
-    in_batch_order = [0] * cols.n
-    for row, position in enumerate(cols.batch_positions()):
-        in_batch_order[position] = ids[row]
-    assert in_batch_order == [reading_identity(r) for r in decoded]
+    keys = RecentKeys()
+    assert keys.all_new("gw-1", cols) == (keys.split("gw-1", decoded)[1] == 0)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
