@@ -1,7 +1,8 @@
 """Local alert delivery: the service around the pure `edge.rules.AlertEngine`.
 
 * `AlertService` (`service`): the async component the gateway app runs — pipeline observer,
-  100 ms ticker, durable state and outbox, MQTT/HTTP acknowledgements, SIGHUP reload, stats.
+  ticker (`ticker`: every 100 ms, and at once when windows are due), durable state and
+  outbox, MQTT/HTTP acknowledgements, SIGHUP reload, stats.
 * `AlertSettings`, `WebhookTarget` (`settings`): how it runs; `AlertSettings.from_config`.
 * `AlertStore` (`store`): its SQLite file (snapshot, outbox, delivery status).
 * `apply_transitions` (`journal`): committed transitions replayed onto a snapshot (restart).

@@ -1,9 +1,12 @@
 """`AggregateForwarder`: closed windows into the store-and-forward buffer, off the tick path.
 
-The ticker hands over each tick's closed windows (`add`, no work on the tick's path); the
-task `alerts-aggregates` turns them into aggregate events — a slice at a time, yielding to the
-loop in between (10,000 windows close in one tick) — and appends them to the buffer in batches (`Buffer.append_events`, durable;
-priority class above raw readings).  A busy buffer (`RetriableError`) is retried with capped,
+The ticker hands over each call's closed windows (`add`: the engine's lazy sequences are
+queued as they are, no work on the alert path); the task `alerts-aggregates` turns them into
+aggregate events — straight from the columns (`ClosedWindows.events`), a slice at a time,
+yielding to the loop in between (10,000 windows may close within a second) — and appends
+them to the buffer in batches (`Buffer.append_events`, durable; priority class above raw
+readings), waiting up to `LINGER_S` to gather a batch rather than writing every few
+windows.  A busy buffer (`RetriableError`) is retried with capped,
 jittered backoff; the queue is bounded (`max_pending`) and what overflows is dropped —
 counted in `counters["aggregates_dropped"]` and logged, never silently.  Aggregates are not
 in the alert outbox: a window lost in a crash before it was buffered is recomputed from the
@@ -15,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
 
 from edge.backoff import Backoff
 from edge.errors import RetriableError
 from edge.model import Event
-from edge.windows import WindowResult
+from edge.windows import ClosedWindows, WindowResult
+from edge.windows.batch import parts_of
 from gateway.alerts.channels import EventSink
 
 log = logging.getLogger("fieldlink.gateway.alerts")
@@ -29,29 +34,65 @@ log = logging.getLogger("fieldlink.gateway.alerts")
 BATCH = 5000
 #: windows turned into events between two yields to the event loop
 SLICE = 250
+#: how long the first queued window waits for others before a smaller batch is written
+LINGER_S = 0.5
+
+
+class _Segment:
+    """Windows [start, len) of one sequence, still to be turned into events."""
+
+    __slots__ = ("windows", "start")
+
+    def __init__(self, windows: Sequence[WindowResult]) -> None:
+        self.windows = windows
+        self.start = 0
+
+    def __len__(self) -> int:
+        return len(self.windows) - self.start
+
+    def take(self, n: int) -> list[Event]:
+        end = self.start + n
+        w = self.windows
+        events = (w.events(self.start, end) if isinstance(w, ClosedWindows)
+                  else [r.to_event() for r in w[self.start:end]])
+        self.start = end
+        return events
 
 
 class AggregateForwarder:
     def __init__(self, buffer: EventSink, *, backoff: Backoff, max_pending: int,
-                 counters: Counter[str]) -> None:
+                 counters: Counter[str], clear: asyncio.Event | None = None) -> None:
+        """`clear`, when given, is set while the owner has nothing more urgent to do: events
+        are made only then (windows still to close, and the alerts they hold, go first)."""
         self.buffer = buffer
+        self.clear = clear
         self.backoff = backoff
         self.max_pending = max_pending
         self.counters = counters
-        self._queue: deque[WindowResult] = deque()
+        self._queue: deque[_Segment] = deque()
+        #: windows not yet buffered: queued, plus those of `_held`
+        self._pending = 0
+        #: events of a batch the buffer refused for now (retried as they are)
+        self._held: list[Event] = []
+        #: stop lingering (shutdown)
+        self._urgent = False
+        #: thread CPU time spent turning windows into events
+        self.cpu_s = 0.0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return self._pending
 
     def add(self, aggregates: Sequence[WindowResult]) -> None:
-        self._queue.extend(aggregates)
-        overflow = len(self._queue) - self.max_pending
+        for part in parts_of(aggregates):
+            if len(part):
+                self._queue.append(_Segment(part))
+                self._pending += len(part)
+        overflow = self._pending - self.max_pending
         if overflow > 0:
-            for _ in range(overflow):
-                self._queue.popleft()
+            self._drop(overflow)
             self.counters["aggregates_dropped"] += overflow
             log.error("aggregates dropped: the buffer does not keep up",
                       extra={"fields": {"dropped": overflow}})
@@ -59,39 +100,58 @@ class AggregateForwarder:
             self._idle.clear()
             self._wake.set()
 
+    def _drop(self, n: int) -> None:
+        """Forget the `n` oldest queued windows."""
+        n = min(n, self._pending - len(self._held))
+        self._pending -= n
+        while n:
+            seg = self._queue[0]
+            k = min(n, len(seg))
+            seg.start += k
+            n -= k
+            if not len(seg):
+                self._queue.popleft()
+
     async def drain(self, grace_s: float) -> bool:
         """Wait (at most `grace_s`) until everything queued was handed to the buffer."""
+        self._urgent = True
+        self._wake.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace_s)
-        return not self._queue
+        return not self._pending
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            if not self._queue and not self._held:
                 self._wake.clear()
                 self._idle.set()
                 await self._wake.wait()
+                # closes come in waves over a second: gather them into fewer, larger writes
+                until = loop.time() + LINGER_S
+                while self._pending < BATCH and loop.time() < until and not self._urgent:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(until - loop.time()):
+                            await self._wake.wait()
                 continue
-            n = min(len(self._queue), BATCH)
-            batch: list[Event] = []
-            for i in range(n):
-                batch.append(self._queue[i].to_event())
-                if i % SLICE == SLICE - 1:
-                    await asyncio.sleep(0)
+            batch = await self._events(BATCH)
+            n = len(batch)
             try:
                 result = await self.buffer.append_events(batch)
             except RetriableError as exc:
                 self.counters["aggregate_retries"] += 1
                 log.warning("buffer busy; aggregates retried",
                             extra={"fields": {"error": str(exc), "aggregates": n}})
+                self._held = batch
                 await asyncio.sleep(self.backoff.next_delay())
                 continue
             except Exception:
                 log.exception("aggregates could not be buffered")
                 self.counters["aggregates_dropped"] += n
                 result = None
-            for _ in range(n):
-                self._queue.popleft()
+            self._held = []
+            self._pending -= n
             self.backoff.reset()
             if result is not None:
                 self.counters["aggregates_buffered"] += result.stored
@@ -100,3 +160,21 @@ class AggregateForwarder:
                     self.counters["aggregates_dropped"] += result.refused
                     log.error("buffer refused aggregates", extra={"fields": {
                         "refused": result.refused, "reason": result.refused_reason}})
+
+    async def _events(self, n: int) -> list[Event]:
+        """The next (at most) `n` windows as events: the batch a failed append left, or
+        newly made ones, taken off the queue."""
+        if self._held:
+            return self._held
+        batch: list[Event] = []
+        while self._queue and len(batch) < n:
+            if self.clear is not None:
+                await self.clear.wait()
+            seg = self._queue[0]
+            t0 = time.thread_time()
+            batch += seg.take(min(SLICE, n - len(batch), len(seg)))
+            self.cpu_s += time.thread_time() - t0
+            if not len(seg):
+                self._queue.popleft()
+            await asyncio.sleep(0)
+        return batch

@@ -4,14 +4,16 @@
     outbox = Outbox(settings.state_path, clock=clock, ...)
     loaded = await outbox.open()                       # snapshot, replay, pending rows
     await outbox.start(channels, loaded)               # workers get the pending rows
-    n = await outbox.commit(transitions, snapshot)     # durable, then delivered and logged
+    last_id = await outbox.commit(transitions)         # durable, then delivered and logged
+    await outbox.save_snapshot(engine.capture(include_windows=True), last_id, lock)
 
 `commit` writes the transitions (one outbox row each, one delivery row per channel; a
-resolution also gets a delayed ``mqtt-clear`` row) and the snapshot, if any, in one
-``synchronous=FULL`` transaction; only after it returned are the rows handed to the channel
-workers and each transition logged (the log channel: one structured line per transition).
-Store calls run on the one ``alerts-store`` thread, in submission order — except a commit of
-transitions without a snapshot, which runs on the loop (it is on the alert's latency path).
+resolution also gets a delayed ``mqtt-clear`` row) in one ``synchronous=FULL`` transaction,
+on the loop (it is on the alert's latency path); only after it returned are the rows handed
+to the channel workers and each transition logged (the log channel: one structured line per
+transition).  `save_snapshot` builds the snapshot from an engine capture, encodes it and
+writes it — recording the outbox id it covers — on the one ``alerts-store`` thread, where
+every other store call runs too, in submission order.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +31,7 @@ from typing import Any, TypeVar
 from edge.backoff import Backoff
 from edge.clock import Clock
 from edge.rules import AlertTransition
+from edge.rules.engine import EngineCapture
 from gateway.alerts.channels import Channel, MqttStateChannel, Publisher
 from gateway.alerts.delivery import ChannelWorker
 from gateway.alerts.formats import log_fields
@@ -125,20 +129,17 @@ class Outbox:
             channels.append((CLEAR, t.at_ms + int(retain * 1000)))
         return Entry(record, tuple(channels))
 
-    async def commit(self, batch: Sequence[AlertTransition],
-                     snapshot: dict[str, Any] | None = None) -> tuple[float, int]:
-        """Commit `batch` (and `snapshot`) durably, then deliver and log the transitions.
-        Returns (CPU seconds spent encoding the snapshot, its size in bytes)."""
+    async def commit(self, batch: Sequence[AlertTransition]) -> int:
+        """Commit `batch` durably, then deliver and log the transitions.  Returns the last
+        outbox id committed so far (this batch's, or an earlier one's when it is empty)."""
         entries = [self._entry(t) for t in batch]
         assert self.store is not None
-        if snapshot is None:
-            # Transitions alone are committed right here, on the loop: a few small
-            # statements and one fsync.  On the store thread the same commit took
-            # 50-600 ms with the loop busy (every statement step hands the GIL back and
-            # forth), and it is what an alert waits for before it is delivered.
-            pendings, encode_cpu, size = _write(self.store, entries, None)
-        else:
-            pendings, encode_cpu, size = await self.io(_write, self.store, entries, snapshot)
+        if not entries:
+            return self.store.last_id
+        # Committed right here, on the loop: a few small statements and one fsync.  On the
+        # store thread the same commit took 50-600 ms with the loop busy (every statement
+        # step hands the GIL back and forth), and it is what an alert waits for.
+        pendings = self.store.commit(entries)
         for entry in entries:
             rec = entry.record
             self.transitions[rec["transition"]] += 1
@@ -153,7 +154,19 @@ class Outbox:
             by_channel.setdefault(p.channel, []).append(p)
         for name, items in by_channel.items():
             self.workers[name].add(items)
-        return encode_cpu, size
+        return self.store.last_id
+
+    async def save_snapshot(self, capture: EngineCapture, covers_id: int,
+                            lock: asyncio.Lock) -> tuple[float, int]:
+        """Build, encode (store thread) and write the snapshot of `capture`, which includes
+        the transitions up to outbox id `covers_id`; the write holds `lock` (the service's
+        commit lock: transition commits wait rather than block the loop on the store).
+        Returns (CPU seconds building and encoding it, its size in bytes)."""
+        blob, cpu = await self.io(_encode, capture)
+        assert self.store is not None
+        async with lock:
+            await self.io(self.store.save_snapshot, blob, covers_id)
+        return cpu, len(blob)
 
     async def persist_marks(self, marks: list[Mark]) -> None:
         if self.aborted or self.store is None:
@@ -216,12 +229,8 @@ class Outbox:
         }
 
 
-def _write(store: AlertStore, entries: list[Entry], snapshot: dict[str, Any] | None
-           ) -> tuple[list[Pending], float, int]:
-    """On the store thread: encode the snapshot (msgpack + zstd) and commit."""
-    import time
-
+def _encode(capture: EngineCapture) -> tuple[bytes, float]:
+    """On the store thread: the snapshot dict, msgpack + zstd."""
     t0 = time.thread_time()
-    blob = encode_snapshot(snapshot) if snapshot is not None else None
-    cpu = time.thread_time() - t0
-    return store.commit(entries, blob), cpu, len(blob or b"")
+    blob = encode_snapshot(capture.to_dict())
+    return blob, time.thread_time() - t0

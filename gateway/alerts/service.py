@@ -14,12 +14,17 @@
                                                      # leaving: final snapshot, drain
 
 Who calls what: the pipeline calls `observe(readings)` (synchronous, cheap: the engine files
-the readings; nothing else happens on that path).  The ticker task (`alerts-ticker`) calls
-`step()` every `tick_s` (100 ms): `engine.advance(now, status())` closes due windows and runs
-stale, gateway and re-notification checks; window aggregates go to the buffer
-(`alerts-aggregates`), alert transitions are committed and handed to the channel tasks
-(`alerts-deliver-<channel>`).  Operators acknowledge on MQTT (`<prefix>ack/<dedup_key>`) or
-HTTP (`acknowledge`).  `reload()` (SIGHUP) swaps the rule set, keeping window and alert state.
+the readings and says whether windows became due — then the ticker is woken; nothing else
+happens on that path).  The ticker task (`alerts-ticker`, `gateway.alerts.ticker`) calls
+`step()` every `tick_s` (100 ms): `engine.advance(now, status())` closes due windows and
+runs stale, gateway and re-notification checks; in between it calls `close_windows()` as
+soon as windows are due (a reading moved a watermark past a window's end, an idle deadline
+passed).  Windows close `close_batch` at a time with the loop free in between; each batch's
+alert transitions are committed and handed to the channel tasks
+(`alerts-deliver-<channel>`) before the next batch, and the aggregates go to the buffer
+(`alerts-aggregates`) only when no backlog is left.  Operators acknowledge on MQTT
+(`<prefix>ack/<dedup_key>`) or HTTP (`acknowledge`).  `reload()` (SIGHUP) swaps the rule
+set, keeping window and alert state.
 
 Persistence and the crash guarantee (the SQLite file `state_path`, `gateway.alerts.store`):
 
@@ -31,7 +36,9 @@ Persistence and the crash guarantee (the SQLite file `state_path`, `gateway.aler
 2. A full engine snapshot (alerts, `for N windows` counts, stale bookkeeping and every open
    window) is saved every `snapshot_interval_s` when something changed — preferably in a
    lull between window closes, less often when it is expensive (`snapshot_cpu_share`) —
-   and at shutdown.  It records the last outbox row it includes.
+   and at shutdown.  The engine's state is copied on the loop (`AlertEngine.capture`, a
+   few ms; nothing is paused) and the snapshot built, encoded and written on the store
+   thread.  It records the last outbox row it includes.
 3. On start the engine is restored from that snapshot with the outbox rows committed after
    it replayed onto it (`gateway.alerts.journal`).  So a restart neither forgets a firing
    alert nor fires it twice: every committed firing, acknowledgement and resolution is in
@@ -74,6 +81,7 @@ from edge.rules import (
 )
 from edge.windows import WindowResult
 from edge.windows.aggregate import compute_batch
+from edge.windows.batch import closed_by_counts
 from gateway.alerts.aggregates import AggregateForwarder
 from gateway.alerts.cadence import SnapshotCadence
 from gateway.alerts.channels import (
@@ -91,6 +99,7 @@ from gateway.alerts.outbox import Outbox
 from gateway.alerts.settings import AlertSettings
 from gateway.alerts.status import service_health, service_stats
 from gateway.alerts.store import Loaded
+from gateway.alerts.ticker import CloseLag, run_ticker
 
 log = logging.getLogger("fieldlink.gateway.alerts")
 
@@ -102,13 +111,6 @@ PRUNE_EVERY_S = 600.0
 
 def _cpu() -> float:
     return time.thread_time()
-
-
-def _take_snapshot(engine: AlertEngine) -> tuple[dict[str, Any], float]:
-    """On the store thread, while the engine is paused."""
-    t0 = _cpu()
-    snap = engine.snapshot(include_windows=True)
-    return snap, _cpu() - t0
 
 
 class AlertService:
@@ -141,14 +143,15 @@ class AlertService:
         self._tasks: list[asyncio.Task[Any]] = []
         self._ack_sub: Any = None
         self._aborted = False
-        self._paused = False
-        self._engine_free = asyncio.Event()
-        self._engine_free.set()
-        self._deferred: list[Sequence[Reading]] = []
-        self._reload_pending = False
         #: (advance now_ms, clock after advance, windows closed, transitions) of recent ticks
         #: that produced something — how long the engine itself took to close windows
         self.ticks: deque[tuple[int, int, int, int]] = deque(maxlen=1000)
+        #: set when a reading made windows due (the ticker closes them at once)
+        self.woken = asyncio.Event()
+        #: clear while a backlog of due windows is being closed (aggregates wait)
+        self._no_backlog = asyncio.Event()
+        self._no_backlog.set()
+        self.close_lag = CloseLag()
         self.cadence = SnapshotCadence(settings.snapshot_interval_s, settings.snapshot_cpu_share,
                                        LULL_S)
         self.last_tick = float("-inf")
@@ -171,6 +174,10 @@ class AlertService:
     @property
     def aggregates_pending(self) -> int:
         return len(self._forwarder or ())
+
+    @property
+    def aggregate_events_cpu_s(self) -> float:
+        return self._forwarder.cpu_s if self._forwarder is not None else 0.0
 
     @property
     def engine(self) -> AlertEngine:
@@ -207,10 +214,12 @@ class AlertService:
             self._forwarder = AggregateForwarder(
                 self.buffer, backoff=Backoff(base=self.settings.retry_base_s,
                                              cap=self.settings.retry_cap_s),
-                max_pending=self.settings.max_pending_aggregates, counters=self.counters)
+                max_pending=self.settings.max_pending_aggregates, counters=self.counters,
+                clear=self._no_backlog)
             self._spawn(loop, self._forwarder.run(), "alerts-aggregates")
         if self.settings.tick_s is not None:
-            self._spawn(loop, self._ticker(self.settings.tick_s), "alerts-ticker")
+            self._spawn(loop, run_ticker(self, self.settings.tick_s,
+                                         self.settings.close_coalesce_s), "alerts-ticker")
         self._spawn(loop, self._maintenance(), "alerts-maintenance")
         log.info("alert service started", extra={"fields": {
             "rules": len(ruleset.rules), "windows": list(ruleset.windows),
@@ -233,9 +242,11 @@ class AlertService:
 
     def _restore(self, ruleset: RuleSet, loaded: Loaded) -> AlertEngine:
         # Window closes compute with numpy, whose modules load on first use (numpy itself,
-        # then numpy.ma from np.unique): run one tiny close here, off the loop, so the first
-        # real close does not stall the ticker for those imports.
-        compute_batch(array("d", [0.0, 1.0]), array("q", [0, 1]), [2])
+        # then what np.unique / np.isin use): run a few tiny closes here, off the loop, taking
+        # every path, so the first real close does not stall the ticker for those imports.
+        counts = [1] * 40 + [7]
+        compute_batch(array("d", range(47)), array("q", range(47)), counts)
+        compute_batch(array("d", [0.0, 1.0, 2.0]), array("q", [0, 1, 2]), [1, 2])
 
         now = self.clock.now_ms()
         engine, failed = restore_engine(
@@ -337,9 +348,6 @@ class AlertService:
         if eng is None:
             self.counters["readings_before_start"] += len(readings)
             return
-        if self._paused:
-            self._deferred.append(readings)
-            return
         self.cadence.dirty = True
         t0 = _cpu() if self.settings.measure_cpu else 0.0
         for r in readings:
@@ -349,6 +357,8 @@ class AlertService:
                     self._collected.extend(out.transitions)
                 for late in out.late:
                     self.late[late.reason] += 1
+        if eng.windows_due and not self.woken.is_set():
+            self.woken.set()
         if self.settings.measure_cpu:
             self.engine_cpu_s += _cpu() - t0
 
@@ -363,19 +373,52 @@ class AlertService:
             return None
 
     async def step(self) -> None:
-        """One tick: advance the engine; commit the transitions and hand them to the channels
-        first (alert latency), then queue the aggregates for the buffer; save a snapshot when
-        one is due."""
+        """One tick: `advance` the engine (window closes, stale, gateway and re-notification
+        checks), then close whatever windows are still due; see `close_windows`.  Saves a
+        snapshot when one is due and the tick delivered nothing."""
         eng = self.engine
-        await self._engine_free.wait()
         now = self.clock.now_ms()
         status = self._gateway_status()
         t0 = _cpu() if self.settings.measure_cpu else 0.0
-        out = eng.advance(now, status)
+        out = eng.advance(now, status, max_windows=self.settings.close_batch)
         if self.settings.measure_cpu:
             self.engine_cpu_s += _cpu() - t0
         self.last_tick = self.clock.monotonic()
+        committed = await self._deliver(out, now)
+        committed += await self.close_windows()
+        if not committed:  # a snapshot waits for a tick that delivered nothing
+            await self._maybe_snapshot()
+
+    async def close_windows(self) -> int:
+        """Close the windows due now, `close_batch` at a time, the loop free in between,
+        until no backlog is left (windows that become due meanwhile wait for the next call:
+        the ticker's).  Each batch's transitions are committed and handed to the channels
+        before the next batch is closed and before its aggregates go to the buffer (alert
+        latency: the bulk work comes after).  Returns the transitions committed."""
+        eng = self.engine
+        batch = self.settings.close_batch
+        committed = 0
+        try:
+            while True:
+                now = self.clock.now_ms()
+                if not eng.closes_pending(now):
+                    return committed
+                t0 = _cpu() if self.settings.measure_cpu else 0.0
+                out = eng.close_windows(now, max_windows=batch)
+                if self.settings.measure_cpu:
+                    self.engine_cpu_s += _cpu() - t0
+                committed += await self._deliver(out, now)
+                if len(out.aggregates) < batch:
+                    return committed
+                self._no_backlog.clear()
+                await asyncio.sleep(0)  # the broker, the readings, the channels
+        finally:
+            self._no_backlog.set()
+
+    async def _deliver(self, out: Output, now: int) -> int:
+        """Transitions committed and handed to the channels, then aggregates queued."""
         if out:
+            # (engine call's now, clock when it returned, windows closed, transitions)
             self.ticks.append((now, self.clock.now_ms(), len(out.aggregates),
                                len(out.transitions)))
             self._collected.extend(out.transitions)
@@ -386,32 +429,9 @@ class AlertService:
             # let the channel tasks take the new transitions before anything else runs
             await asyncio.sleep(0)
         if out.aggregates:
+            self.close_lag.add(out.aggregates, now)
             self._absorb_aggregates(out.aggregates)
-        if not committed:  # a snapshot waits for a tick that delivered nothing
-            await self._maybe_snapshot()
-
-    async def _ticker(self, period: float) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        last_error = float("-inf")
-        while True:
-            next_at += period
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -1.0:  # far behind (a stall): resume the rhythm, do not burst
-                self.counters["ticks_skipped"] += int(-delay / period)
-                next_at = loop.time()
-            try:
-                await self.step()
-            except Exception:
-                # e.g. a full disk: the transitions stay queued and every tick retries;
-                # say so once per 10 s, not ten times a second
-                self.counters["step_errors"] += 1
-                if loop.time() - last_error >= 10.0:
-                    last_error = loop.time()
-                    log.exception("alert tick failed; retried every tick", extra={
-                        "fields": {"step_errors": self.counters["step_errors"]}})
+        return committed
 
     def _absorb(self, out: Output) -> None:
         """Take an output that did not come from `step` (a reload)."""
@@ -424,57 +444,36 @@ class AlertService:
 
     def _absorb_aggregates(self, aggregates: Sequence[WindowResult]) -> None:
         self.cadence.closed(self.clock.monotonic())
-        for res in aggregates:
-            self.windows_closed[res.closed_by] += 1
+        self.windows_closed.update(closed_by_counts(aggregates))
         if self._forwarder is not None:
             self._forwarder.add(aggregates)
 
     # -- commit and delivery ------------------------------------------------------------------
 
     async def commit(self, snapshot: bool = False) -> int:
-        """Make every transition produced so far durable (and, with `snapshot`, a full engine
-        snapshot that includes them), then hand them to the channels and the log.  Returns
-        the number of transitions committed."""
+        """Make every transition produced so far durable, then hand them to the channels and
+        the log.  With `snapshot`, also save a full engine snapshot that includes exactly
+        those transitions: the engine's state is copied together with taking the batch (a
+        few ms on the loop, nothing paused), and the snapshot is built, encoded and written
+        after the batch's commit, off the loop — recording the batch's last outbox id, so
+        transitions committed meanwhile are replayed onto it after a restart.  Returns the
+        number of transitions committed."""
         async with self._commit_lock:
             if not self._collected and not snapshot:
                 return 0
-            snap: dict[str, Any] | None = None
-            snap_cpu = 0.0
-            if snapshot:
-                # The snapshot of every open window takes a while (10,000 devices: hundreds of
-                # ms).  It runs on the store thread so the loop keeps serving the broker;
-                # meanwhile the engine is paused (readings held, no tick, acks wait), so the
-                # snapshot and the transitions drained with it are exactly consistent.
-                self._pause()
-                try:
-                    batch, self._collected = self._collected, []
-                    snap, snap_cpu = await self.outbox.io(_take_snapshot, self.engine)
-                finally:
-                    self._resume()
-            else:
-                batch, self._collected = self._collected, []
+            batch, self._collected = self._collected, []
+            t0 = _cpu()
+            capture = self.engine.capture(include_windows=True) if snapshot else None
+            capture_cpu = _cpu() - t0
             try:
-                encode_cpu, size = await self.outbox.commit(batch, snap)
+                covers = await self.outbox.commit(batch)
             except BaseException:
                 self._collected[:0] = batch  # retried with the next commit
                 raise
-            if snapshot:
-                self._snapshot_done(snap_cpu + encode_cpu, size)
+        if capture is not None:
+            cpu, size = await self.outbox.save_snapshot(capture, covers, self._commit_lock)
+            self._snapshot_done(capture_cpu + cpu, size)
         return len(batch)
-
-    def _pause(self) -> None:
-        self._paused = True
-        self._engine_free.clear()
-
-    def _resume(self) -> None:
-        self._paused = False
-        self._engine_free.set()
-        deferred, self._deferred = self._deferred, []
-        for readings in deferred:
-            self.observe(readings)
-        if self._reload_pending:
-            self._reload_pending = False
-            self.reload()
 
     def _snapshot_done(self, cpu_s: float, size: int) -> None:
         self.cadence.taken(self.clock.monotonic(), cpu_s)
@@ -509,7 +508,6 @@ class AlertService:
                           ) -> AlertTransition | None:
         """Acknowledge a firing alert; returns the transition once it is durable (it is then
         delivered on every channel), or None when the alert is not firing."""
-        await self._engine_free.wait()
         t = self.engine.acknowledge(dedup_key, by, self.clock.now_ms())
         if t is None:
             self.acks[f"{source}_refused"] += 1
@@ -534,10 +532,6 @@ class AlertService:
             self.reloads["failed"] += 1
             log.error("rules reload: no rules file configured or service not running")
             return False
-        if self._paused:  # a snapshot is reading the engine: reload right after it
-            self._reload_pending = True
-            log.info("rules reload deferred until the running snapshot is taken")
-            return True
         try:
             ruleset = load_rules(self.settings.rules_file)
         except ConfigError as exc:

@@ -53,9 +53,16 @@ class AlertSettings:
     webhooks: tuple[WebhookTarget, ...] = ()
     #: publish alert states on the embedded broker (its channels wait for `attach_mqtt`)
     mqtt_delivery: bool = True
-    #: period of engine.advance (window closes, stale and gateway rules); None: no ticker
-    #: task, the owner calls `AlertService.step()` (tests)
+    #: period of engine.advance (stale, gateway and re-notification checks; window closes
+    #: also happen in between, see `close_coalesce_s`); None: no ticker task, the owner
+    #: calls `AlertService.step()` (tests)
     tick_s: float | None = 0.1
+    #: windows closed per engine call; the event loop runs other tasks in between, and each
+    #: call's alerts are committed and delivered before the next call
+    close_batch: int = 1000
+    #: between ticks, due windows are closed as soon as a reading makes them due — wakes
+    #: closer together than this are served by one call (each costs a fixed ~0.1 ms)
+    close_coalesce_s: float = 0.01
     #: a full engine snapshot (open windows included) at most this often ...
     snapshot_interval_s: float = 10.0
     #: ... and less often when it is expensive: its CPU time stays under this share of a core

@@ -12,7 +12,10 @@
   (``ok``/``failed``), ``acks`` by source (``mqtt``, ``http``, ``*_refused``, ...);
 * ``aggregates_pending`` plus the counters (``aggregates_buffered``, ``aggregates_dropped``,
   ``snapshots``, ``restore_failed``, ``step_errors``, ``ticks_skipped``, ...),
-  ``engine_cpu_s`` (with `measure_cpu`), ``snapshot`` (last one: cpu_ms, bytes, interval_s).
+  ``engine_cpu_s`` (with `measure_cpu`), ``snapshot`` (last one: cpu_ms, bytes, interval_s);
+* ``aggregate_events_cpu_s`` — CPU time spent turning closed windows into buffer events;
+* ``close_lag_ms`` — p50 / p99 / max over the last 20,000 windows of how long after its close
+  became due (`WindowResult.due_ms`) each window was closed.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ def service_stats(svc: AlertService) -> dict[str, Any]:
         "acks": dict(svc.acks),
         "aggregates_pending": svc.aggregates_pending,
         "engine_cpu_s": round(svc.engine_cpu_s, 4),
+        "close_lag_ms": svc.close_lag.summary(),
+        "aggregate_events_cpu_s": round(svc.aggregate_events_cpu_s, 4),
         "snapshot": dict(svc.snapshot_info),
         "orphaned_deliveries": svc.outbox.orphaned,
         **dict(svc.counters),

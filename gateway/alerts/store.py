@@ -16,7 +16,9 @@ one dedicated thread, in submission order, and commits of transitions alone on t
 
 Durability: `commit` (transitions + their delivery rows, optionally the snapshot) runs in one
 transaction with ``synchronous=FULL`` — it is on disk when the call returns, before any
-channel delivers.  Status updates (`mark`) use ``synchronous=NORMAL``: a crash can lose the
+channel delivers.  `save_snapshot` writes a snapshot on its own, also durably, with the
+outbox id it covers given by the caller (the last one committed when the engine state was
+copied).  Status updates (`mark`) use ``synchronous=NORMAL``: a crash can lose the
 last ones, and then a transition is delivered again (at-least-once), never lost.
 """
 
@@ -142,6 +144,8 @@ class AlertStore:
         runs); FileNotFoundError if there is none."""
         self.path = str(path)
         self._lock = threading.Lock()
+        #: the highest outbox id committed (ids are never reused)
+        self.last_id = 0
         if readonly:
             if not Path(self.path).is_file():
                 raise FileNotFoundError(self.path)
@@ -162,6 +166,9 @@ class AlertStore:
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._sync = None
+        self.last_id = self._db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'"
+        ).fetchone()[0]
 
     @_locked
     def close(self) -> None:
@@ -205,6 +212,7 @@ class AlertStore:
         db = self._db
         self._synchronous("FULL")
         out: list[Pending] = []
+        last = self.last_id
         db.execute("BEGIN IMMEDIATE")
         try:
             if entries:
@@ -228,6 +236,7 @@ class AlertStore:
                                   outbox_rows)
                 self._insert_many("delivery (outbox_id, channel, not_before_ms, updated_ms)",
                                   delivery_rows)
+                last = oid
             if snapshot is not None:
                 covers = db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
                 db.execute("INSERT OR REPLACE INTO snapshot (id, saved_ms, covers_id, data) "
@@ -236,7 +245,19 @@ class AlertStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self.last_id = last
         return out
+
+    @_locked
+    def save_snapshot(self, snapshot: bytes, covers_id: int, now_ms: int | None = None
+                      ) -> None:
+        """Store a snapshot that includes the transitions up to outbox id `covers_id`
+        (durable; replaces the previous one)."""
+        now = _now_ms() if now_ms is None else now_ms
+        self._synchronous("FULL")
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO snapshot (id, saved_ms, covers_id, data) "
+                             "VALUES (1, ?, ?, ?)", (now, covers_id, snapshot))
 
     def _insert_many(self, into: str, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
