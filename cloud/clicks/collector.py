@@ -16,7 +16,9 @@ Routes (one aiohttp server, with the shared `/metrics` and `/healthz`):
 
 A batch, in order:
 
-1. size — over `max_body_bytes` after decompression: 413 (a gzip bomb stops there too).
+1. size — over `max_body_bytes` after decompression: 413 (a gzip bomb stops there too);
+   a body that does not decompress: 400.  Both counted, not dead-lettered (there is no body
+   to keep).
 2. write key — unknown or missing: 401 (counted, not dead-lettered: unauthenticated bytes
    are not ours to keep).
 3. body — not JSON or not a batch: 400, counted, and dead-lettered (PII-scrubbed text).
@@ -42,6 +44,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hmac
 import json
 import logging
 import time
@@ -111,8 +114,7 @@ class CollectorSettings:
                           if c.pii_hash_key is not None else None))
 
     def source_for(self, write_key: str) -> str | None:
-        import hmac
-
+        """The source whose write key this is (every key compared in constant time)."""
         found = None
         for source, key in self.write_keys.items():
             if hmac.compare_digest(key.encode(), write_key.encode()):
@@ -258,7 +260,9 @@ class ClickCollector:
         s = self.settings
         if request.content_length is not None and request.content_length > s.max_body_bytes \
                 and not request.headers.get("Content-Encoding"):
-            return self._answer(request, 413, {"success": False, "error": "too_large"})
+            self.metrics.rejected.labels("too_large").inc()
+            return self._answer(request, 413, {"success": False, "error": "too_large",
+                                               "detail": f"at most {s.max_body_bytes} bytes"})
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
