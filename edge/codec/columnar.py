@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from edge.codec.columns import decode_ints, expand
+from edge.codec.columns import RUNS, decode_ints, expand
 from edge.codec.floats import decode_float_parts, scaled_values
 from edge.codec.header import Header
 from edge.codec.strings import decode_strings
@@ -70,7 +70,8 @@ class Columns:
                  "ts", "received", "_values", "value_scales", "value_ints", "battery_presence",
                  "_battery", "battery_scales", "battery_ints", "seq_presence", "seq",
                  "sts_presence", "sts_rel", "flags", "events", "header", "_order",
-                 "_order_by_received", "_positions", "_run_of_row", "encoder_state")
+                 "_order_by_received", "_positions", "_run_of_row", "_seq_counting",
+                 "encoder_state")
 
     n: int
     n_runs: int
@@ -104,6 +105,8 @@ class Columns:
         self._order_by_received = False
         self._positions: list[int] | None = None
         self._run_of_row: list[int] | None = None
+        #: whether every run's seqs count up by one; None: not known yet
+        self._seq_counting: bool | None = None
         #: what `edge.codec.subframe` computes once per batch for all its sub-frames
         self.encoder_state: Any = None
 
@@ -159,6 +162,19 @@ class Columns:
                 order = self.batch_order()
                 self._positions = sorted(range(self.n), key=order.__getitem__)
         return self._positions
+
+    def seq_counts_up(self) -> bool:
+        """Whether every reading has a seq and each run's seqs count up by one (a sensor's
+        counter, uninterrupted).  Free when the column says so itself (RUNS whose deltas
+        are the constant 1, what `encode_batch` writes for such a counter); else one pass."""
+        if self._seq_counting is None:
+            if self.seq_presence is not True:
+                self._seq_counting = False
+            else:
+                heads = list(map(self.seq.__getitem__, self.starts))
+                self._seq_counting = list(chain.from_iterable(
+                    map(range, heads, map(add, heads, self.lengths)))) == self.seq
+        return self._seq_counting
 
     def spread(self, presence: bool | bytes, values: list[Any]) -> list[Any]:
         """Present-only `values` -> one per row, None where absent."""
@@ -375,6 +391,10 @@ def decode_columns(raw: bytes, reading_count: int, event_count: int) -> Columns:
     cols.seq = []
     if n_seq:
         cols.seq = decode_ints(seq[1], n_seq, present_lengths(cols.seq_presence, lengths))
+        spec = seq[1]
+        if (cols.seq_presence is True and type(spec) is list and len(spec) == 3
+                and spec[0] == RUNS and type(spec[2]) is int and spec[2] == 1):
+            cols._seq_counting = True  # in-run deltas all 1: decoded as such just above
 
     cols.sts_presence, n_sts = _presence_flags(_pair(sensor_ts, "sensor_ts")[0], n)
     cols.sts_rel = []

@@ -350,12 +350,11 @@ def _group_orders(cols: Columns, groups: list[list[int]]) -> list[list[int] | by
         out: list[list[int] | bytes | None] = []
         for runs in groups:
             table = bytearray(256)
-            keep = bytearray(256)
+            others = bytearray(b"\x01" * 256)
             for new, run in enumerate(runs):
                 table[run] = new
-                keep[run] = 1
-            drop = bytes(compress(range(256), map((1).__xor__, keep)))
-            out.append(order_bytes.translate(bytes(table), drop))
+                others[run] = 0
+            out.append(order_bytes.translate(bytes(table), bytes(compress(range(256), others))))
         return out
     result: list[list[int] | bytes | None] = []
     for runs in groups:

@@ -138,6 +138,22 @@ def test_scan_gives_decode_batch_readings_column_wise(batch: Batch, compression:
                                                   key=cols.batch_positions().__getitem__)]
     assert cols.batch_order() == runs
     assert sum(cols.lengths) == cols.n and len(cols.run_device) == cols.n_runs
+    counting = cols.seq_presence is True and all(
+        cols.seq[s:s + n] == list(range(cols.seq[s], cols.seq[s] + n))
+        for s, n in zip(cols.starts, cols.lengths))
+    assert cols.seq_counts_up() == counting
+
+
+def test_a_counting_seq_column_is_known_without_a_pass() -> None:
+    readings = [Reading(f"d{d}", T0 + 1000 * i, 1.0, seq=100 * d + i, received_ms=T0 + i)
+                for i in range(20) for d in range(3)]
+    cols = scan_batch(encode_batch(Batch("gw", 1, T0, readings)))
+    assert cols._seq_counting is True and cols.seq_counts_up()
+    cols._seq_counting = None  # as for a column in another mode: one pass decides
+    assert cols.seq_counts_up() is True
+    gap = scan_batch(encode_batch(Batch("gw", 1, T0, readings[:30] + readings[31:])))
+    assert not gap.seq_counts_up()
+    assert not scan_batch(encode_batch(Batch("gw", 1, T0, readings[::-1]))).seq_counts_up()
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in GOLDEN.glob("*.bin")))
