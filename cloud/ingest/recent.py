@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, repeat
 from operator import add, sub
 
 from edge.codec import Columns
@@ -157,15 +157,12 @@ def _seqless(cols: Columns) -> list[int]:
 
 def _counting_runs(cols: Columns) -> list[tuple[Series, int, int]] | None:
     """(series, first seq, last seq) per run when every reading has a seq, every run counts
-    up by one and no series has two runs (the usual batch): checked for the whole batch in
-    two C-level passes.  None otherwise."""
-    if cols.seq_presence is not True or not cols.n:
+    up by one and no series has two runs (the usual batch; `Columns.seq_counts_up` mostly
+    knows it from the frame's seq column without a pass).  None otherwise."""
+    if not cols.n or not cols.seq_counts_up():
         return None
-    seq = cols.seq
-    heads = list(map(seq.__getitem__, cols.starts))
+    heads = list(map(cols.seq.__getitem__, cols.starts))
     ends = list(map(add, heads, cols.lengths))
-    if list(chain.from_iterable(map(range, heads, ends))) != seq:
-        return None
     measurement = [c[0] for c in cols.contexts]
     keys = list(zip(cols.run_device, map(measurement.__getitem__, cols.run_context)))
     if len(set(keys)) != len(keys):
