@@ -3,8 +3,9 @@
 Readings are grouped by partition key, and each group becomes ONE record whose value is an
 `edge.codec` frame holding that group's readings in their batch order, so the sinks decode
 records with `edge.codec.decode_batch` like any frame and the codec stays the only place
-bytes become readings.  Events (window aggregates, alerts) are grouped the same way, keyed by
-their device id, into their own topics.
+bytes become readings.  Events are grouped the same way, keyed by their device id, into
+their own topics: window aggregates and gateway status records (`gateway_status`, keyed by
+the gateway id) to the aggregates topic, alerts to the alerts topic.
 
 Partition keys (`kafka.key`):
 
@@ -183,8 +184,9 @@ def plan_records(header: Header, frame: bytes, readings: list[Reading], events: 
 
 def _plan_events(plan: RecordPlan, header: Header, events: list[Event], compression: str,
                  max_record_bytes: int) -> None:
-    for kind, target in (("aggregate", plan.aggregates), ("alert", plan.alerts)):
-        chosen = [e for e in events if e.kind == kind]
+    for kinds, target in ((("aggregate", "gateway_status"), plan.aggregates),
+                          (("alert",), plan.alerts)):
+        chosen = [e for e in events if e.kind in kinds]
         if not chosen:
             continue
         by_device = _group(chosen, lambda e: e.device_id.encode())

@@ -397,6 +397,8 @@ class IngestService:
         m.readings.inc(a.produced)
         if plan.aggregates:
             m.events.labels("aggregate").inc(sum(1 for e in events if e.kind == "aggregate"))
+            m.events.labels("gateway_status").inc(
+                sum(1 for e in events if e.kind == "gateway_status"))
         if plan.alerts:
             m.events.labels("alert").inc(sum(1 for e in events if e.kind == "alert"))
         if dups:

@@ -10,7 +10,7 @@ The codec guarantees types (strings, ints, floats) and structure; ingest refuses
                                      flags beyond int64: what `edge.codec.encode_batch`
                                      refuses, so a record could not carry the reading (only
                                      a hand-made frame decodes to one)
-    event    unknown_event_kind      kind not "aggregate" or "alert"
+    event    unknown_event_kind      kind not "aggregate", "alert" or "gateway_status"
              timestamp_out_of_range, invalid_device_id as above
              invalid_key             idempotency key empty or longer than 64 bytes
 
@@ -33,7 +33,7 @@ from edge.payload.decode import is_valid_device_id
 
 __all__ = ["EVENT_KINDS", "check_events", "check_readings", "columns_pass"]
 
-EVENT_KINDS = frozenset({"aggregate", "alert"})
+EVENT_KINDS = frozenset({"aggregate", "alert", "gateway_status"})
 _QUALITIES = frozenset(q.value for q in Quality)
 _isfinite = math.isfinite
 #: what format v1 carries (edge.codec): times within +-2**62 ms, other integers int64
