@@ -346,7 +346,14 @@ def decode_ints(spec: Any, count: int, lengths: Sequence[int] | None = None) -> 
     if mode == RUNS and len(spec) == 3:
         runs = _run_lengths(lengths, count)
         heads = decode_ints(spec[1], len(runs))
-        deltas = decode_ints(spec[2], count - len(runs))
+        step = spec[2]
+        if type(step) is int:
+            # one in-run delta for all (a counter): each run is an arithmetic range
+            if not step:
+                return expand(heads, runs)
+            return list(chain.from_iterable(map(range, heads, map(
+                add, heads, map(step.__mul__, runs)), repeat(step))))
+        deltas = decode_ints(step, count - len(runs))
         out = []
         pos = 0
         for head, length in zip(heads, runs):
