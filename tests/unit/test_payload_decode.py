@@ -496,3 +496,69 @@ def test_fuzz_csv_columns(cols: list[str], hint: str | None) -> None:
     payload = ",".join(cols).encode()
     _check_decodes_or_raises_fieldlink_error(
         payload, DecodeContext(received_ms=RECV, device_hint=hint, content_type="text/csv"))
+
+
+# ------------------------------------------------- the orjson fast path against json itself
+
+def _outcome(payload: bytes, ctx: DecodeContext, *, orjson: bool = True) -> object:
+    import edge.payload.decode as decode
+
+    saved = decode._orjson
+    if not orjson:
+        decode._orjson = None
+    try:
+        return _outcome_now(payload, ctx)
+    finally:
+        decode._orjson = saved
+
+
+def _outcome_now(payload: bytes, ctx: DecodeContext) -> object:
+    try:
+        good, bad = decode_payload_partial(payload, ctx)
+    except FieldlinkError as exc:
+        return (type(exc).__name__, exc.reason, exc.message)
+    return (repr(good), [(i, type(e).__name__, e.reason, e.message) for i, e in bad])
+
+
+json_numbers = st.one_of(
+    st.integers(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.from_regex(r"-?(0|[1-9][0-9]{0,25})(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?",
+                  fullmatch=True))
+number_fields = st.sampled_from(["value", "timestamp", "seq", "battery_voltage"])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values | message_like | st.lists(message_like | json_values, max_size=4),
+       st.sampled_from(HINTS))
+def test_json_fast_path_decodes_exactly_like_json(obj: object, hint: str | None) -> None:
+    ctx = DecodeContext(received_ms=RECV, device_hint=hint)
+    for payload in (json.dumps(obj).encode(), json.dumps(obj, ensure_ascii=False).encode(
+            "utf-8", "surrogatepass")):
+        assert _outcome(payload, ctx) == _outcome(payload, ctx, orjson=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(number_fields, json_numbers, st.sampled_from(HINTS))
+def test_json_fast_path_numbers_exactly_like_json(name: str, number: object,
+                                                  hint: str | None) -> None:
+    """Number literals orjson reads differently (integers beyond 64 bits, overflowing
+    exponents) must still decode as json reads them."""
+    text = number if isinstance(number, str) else json.dumps(number)
+    payload = (b'{"device_id":"sensor_001_line1","value":1.5,"location":{"line":%s},"%s":%s}'
+               % (text.encode(), name.encode(), text.encode()))
+    ctx = DecodeContext(received_ms=RECV, device_hint=hint)
+    assert _outcome(payload, ctx) == _outcome(payload, ctx, orjson=False)
+
+
+def test_json_fast_path_is_used_when_orjson_is_installed() -> None:
+    import edge.payload.decode as decode
+
+    pytest.importorskip("orjson")
+    assert decode._orjson is not None
+    ctx = DecodeContext(received_ms=RECV)
+    for depth in (600, 1010, 5000):  # json's recursion limit decides, not orjson's
+        deep = b"[" * depth + b"]" * depth
+        assert _outcome(deep, ctx) == _outcome(deep, ctx, orjson=False)
+    with pytest.raises(PayloadError):
+        decode_payload(b"[" * 5000 + b"]" * 5000, ctx)
