@@ -355,7 +355,23 @@ def main(argv: Sequence[str]) -> int:
         return 2
     setup_logging(args.log_level or cfg.logging.level, json_lines=cfg.logging.json_lines)
     try:
-        return asyncio.run(run(cfg))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(run(cfg))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (the gateway extra ships it): the device path's socket
+    reads, PUBACK writes and callbacks run in C instead of asyncio's Python selector loop
+    (docs/mqtt-ingest.md).  `FIELDLINK_EVENT_LOOP=asyncio` keeps the standard loop."""
+    import os
+
+    if os.environ.get("FIELDLINK_EVENT_LOOP", "").lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
