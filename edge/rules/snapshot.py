@@ -33,20 +33,17 @@ class EngineCapture:
     gateway_id: str
     alerts: dict[str, Any]
     streaks: list[list[Any]]
-    #: per stale rule: (seen, silent) — copies of dicts of immutable entries
-    stale: dict[str, tuple[dict[str, tuple[int, Reading]], dict[str, tuple[int, Reading]]]]
+    #: `StaleTracker.copy_entries()`: copies of dicts of immutable entries
+    stale: dict[str, tuple[dict[str, int], dict[str, Reading], dict[str, tuple[int, Reading]]]]
     pending: list[list[Any]]
     windows: dict[str, WindowerCapture] | None
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot: JSON-safe (see `AlertEngine.snapshot`)."""
-        entry = StaleTracker.entry_state
         snap: dict[str, Any] = {
             "version": SNAPSHOT_VERSION, "saved_at_ms": self.saved_at_ms,
             "gateway_id": self.gateway_id, "alerts": self.alerts, "streaks": self.streaks,
-            "stale": {rid: {"seen": {d: entry(e) for d, e in seen.items()},
-                            "silent": {d: entry(e) for d, e in silent.items()}}
-                      for rid, (seen, silent) in self.stale.items()},
+            "stale": StaleTracker.state_of(self.stale),
             "pending": self.pending,
         }
         if self.windows is not None:

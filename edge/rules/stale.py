@@ -8,7 +8,10 @@ that never reports is not flagged.
 
 Per reading this costs one dict update and one `move_to_end`; `advance` looks at the oldest
 entries only.  Arrival times must be non-decreasing per rule for the ordering to hold (the
-engine passes its processing clock); an out-of-order arrival only delays detection.
+engine passes its processing clock); an out-of-order arrival only delays detection.  Of the
+readings themselves only measurement and tags are needed (for a stale alert's message and
+scope): a device's reading is kept only when those change, so the readings of 10,000
+devices a second are freed as soon as they are filed, not a second later.
 """
 
 from __future__ import annotations
@@ -23,13 +26,22 @@ from edge.model import Reading
 Seen = tuple[int, Reading]
 
 
+def _same_scope(a: Reading, b: Reading) -> bool:
+    return (a.measurement == b.measurement and a.facility == b.facility and a.line == b.line
+            and a.zone == b.zone)
+
+
 class StaleTracker:
     def __init__(self) -> None:
-        self._seen: dict[str, OrderedDict[str, Seen]] = {}
+        #: per rule: device -> arrival of its last reading, oldest first
+        self._seen: dict[str, OrderedDict[str, int]] = {}
+        #: per rule: device -> a reading with its current measurement and tags
+        self._readings: dict[str, dict[str, Reading]] = {}
         self._silent: dict[str, dict[str, Seen]] = {}
 
     def track(self, rule_id: str) -> None:
         self._seen.setdefault(rule_id, OrderedDict())
+        self._readings.setdefault(rule_id, {})
         self._silent.setdefault(rule_id, {})
 
     def rules(self) -> list[str]:
@@ -39,23 +51,28 @@ class StaleTracker:
         """Record a reading.  Returns the device's previous entry if it had been silent."""
         dev = r.device_id
         seen = self._seen[rule_id]
-        seen[dev] = (arrival_ms, r)
+        seen[dev] = arrival_ms
         seen.move_to_end(dev)
+        readings = self._readings[rule_id]
+        known = readings.get(dev)
+        if known is None or not _same_scope(known, r):
+            readings[dev] = r
         silent = self._silent[rule_id]
         return silent.pop(dev, None) if silent else None
 
     def newly_silent(self, rule_id: str, horizon_ms: int) -> list[tuple[str, Seen]]:
         """Devices whose last reading arrived at or before `horizon_ms`; now silent."""
         seen = self._seen[rule_id]
+        readings = self._readings[rule_id]
         silent = self._silent[rule_id]
         out = []
         while seen:
             dev = next(iter(seen))
-            entry = seen[dev]
-            if entry[0] > horizon_ms:
+            arrival = seen[dev]
+            if arrival > horizon_ms:
                 break
             del seen[dev]
-            silent[dev] = entry
+            entry = silent[dev] = (arrival, readings.pop(dev))
             out.append((dev, entry))
         return out
 
@@ -64,12 +81,15 @@ class StaleTracker:
 
     def drop(self, rule_id: str) -> None:
         self._seen.pop(rule_id, None)
+        self._readings.pop(rule_id, None)
         self._silent.pop(rule_id, None)
 
     def keep_seen(self, rule_id: str, keep: Callable[[str, Reading], bool]) -> None:
         seen = self._seen[rule_id]
-        for dev in [d for d, (_, r) in seen.items() if not keep(d, r)]:
+        readings = self._readings[rule_id]
+        for dev in [d for d in seen if not keep(d, readings[d])]:
             del seen[dev]
+            del readings[dev]
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -78,9 +98,21 @@ class StaleTracker:
         arrival, r = entry
         return [arrival, r.measurement, r.facility, r.line, r.zone]
 
-    def copy_entries(self) -> dict[str, tuple[dict[str, Seen], dict[str, Seen]]]:
-        """Per rule, (seen, silent) copied — the entries themselves are immutable."""
-        return {rid: (dict(seen), dict(self._silent[rid])) for rid, seen in self._seen.items()}
+    def copy_entries(self) -> dict[str, tuple[dict[str, int], dict[str, Reading],
+                                              dict[str, Seen]]]:
+        """Per rule, (seen arrivals, their readings, silent) copied, in a few dict copies —
+        the readings and silent entries are immutable (`state_of` makes the JSON form)."""
+        return {rid: (dict(seen), dict(self._readings[rid]), dict(self._silent[rid]))
+                for rid, seen in self._seen.items()}
+
+    @classmethod
+    def state_of(cls, copies: dict[str, tuple[dict[str, int], dict[str, Reading],
+                                              dict[str, Seen]]]) -> dict[str, Any]:
+        """The JSON-safe state of `copy_entries()`."""
+        entry = cls.entry_state
+        return {rid: {"seen": {d: entry((a, readings[d])) for d, a in seen.items()},
+                      "silent": {d: entry(e) for d, e in silent.items()}}
+                for rid, (seen, readings, silent) in copies.items()}
 
     @staticmethod
     def _reading(dev: str, item: list[Any]) -> Seen:
@@ -90,9 +122,7 @@ class StaleTracker:
                                 zone=zone)
 
     def to_state(self) -> dict[str, Any]:
-        return {rid: {"seen": {d: self.entry_state(e) for d, e in seen.items()},
-                      "silent": {d: self.entry_state(e) for d, e in self._silent[rid].items()}}
-                for rid, seen in self._seen.items()}
+        return self.state_of(self.copy_entries())
 
     @classmethod
     def from_state(cls, state: dict[str, Any], *, now_ms: int) -> StaleTracker:
@@ -100,11 +130,13 @@ class StaleTracker:
         gateway itself was down does not count as every device being silent."""
         tracker = cls()
         for rid, item in state.items():
-            seen: OrderedDict[str, Seen] = OrderedDict()
+            seen: OrderedDict[str, int] = OrderedDict()
+            readings: dict[str, Reading] = {}
             for dev, e in sorted(item["seen"].items(), key=lambda kv: kv[1][0]):
-                arrival, r = cls._reading(dev, e)
-                seen[dev] = (max(arrival, now_ms), r)
+                arrival, readings[dev] = cls._reading(dev, e)
+                seen[dev] = max(arrival, now_ms)
             tracker._seen[rid] = seen
+            tracker._readings[rid] = readings
             tracker._silent[rid] = {dev: cls._reading(dev, e)
                                     for dev, e in item["silent"].items()}
         return tracker

@@ -80,10 +80,13 @@ class ClosedWindows(Sequence[WindowResult]):
     def column(self, name: str) -> Any:
         """numpy array of aggregate `name` (float64, NaN = no value; "count" int64), or of
         "battery_min" (NaN = no reading carried a voltage)."""
+        import numpy as np
+
         if name == "battery_min":
-            import numpy as np
             return np.array([np.nan if b is None else b for b in self._values("battery_min")],
                             dtype=np.float64)
+        if not self._sealed:
+            return np.empty(0, dtype=np.int64 if name == "count" else np.float64)
         return self._cols[name]
 
     def keys(self) -> list[str]:

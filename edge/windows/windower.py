@@ -98,6 +98,7 @@ class _Series:
         self.next_k = 0
         self.close_end = 0
         self.last_arrival = 0
+        #: a reading with the series' current unit and tags (the latest one to change them)
         self.last = last
         self.due = False
         #: arrival of the reading that made it due (while `due`)
@@ -193,7 +194,13 @@ class Windower:
                 s.due_at = arrival_ms
                 self._due.append(s)
         s.last_arrival = arrival_ms
-        s.last = r
+        last = s.last
+        if (r.unit != last.unit or r.facility != last.facility or r.line != last.line
+                or r.zone != last.zone or r.device_id != last.device_id):
+            # only unit and tags are read from it: keeping the reading that first had them,
+            # not every new one, lets each reading be freed as soon as it is filed (10,000
+            # a second surviving for a second each would keep the cyclic GC busy)
+            s.last = r
         deadline = arrival_ms + (s.close_end - s.max_ts) + self._idle
         if s.bucket is None or -(-deadline // GRANULARITY_MS) < s.bucket:
             self._wheel.set(s, deadline)
@@ -328,6 +335,8 @@ class Windower:
 
     def _drain(self) -> ClosedWindows:
         sealed = self._sealed
+        if not sealed:  # most calls: no numpy at all
+            return ClosedWindows(self.spec, [], {})
         self._sealed = []
         values = array("d")
         times = array("q")
