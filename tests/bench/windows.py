@@ -11,14 +11,21 @@ Scenarios:
 
 * windows  — one `Windower`, 10 s tumbling per device: the budget line (target <= 10 us per
              reading amortised including closes, i.e. <= 0.1 core at 10,000 readings/s).
+             Windows are closed as the engine closes them (`close_due`: column-wise, no
+             `WindowResult` built); the CPU of the close calls alone, per window, is
+             `us_per_window_close`, and turning the closed windows into buffer events
+             afterwards (`ClosedWindows.events`, what the gateway's forwarder does) is
+             `us_per_aggregate_event`.
 * engine   — `AlertEngine` with a 10 s window and the seed rule (max > 90, clear < 85),
              2 % of devices running hot so alerts fire.
 * shipped  — `AlertEngine` with config/rules.yaml as shipped (two window families, one of
              them a 1-minute sliding window, and every rule kind).
 
-Prints a table, then ONE JSON object as the last line: `us_per_reading`, `window_cpu_cores`
-and `closes_per_s` are the windows scenario (closes per CPU-second); `engine_*` and
-`shipped_*` the others.
+Prints a table, then ONE JSON object as the last line: `us_per_reading`, `window_cpu_cores`,
+`us_per_window_close`, `us_per_aggregate_event` and `closes_per_s` are the windows scenario
+(closes per CPU-second); `engine_*` and `shipped_*` the others.  `calib_ms_per_mloop` is an
+empty Python loop of a million iterations (about 20 ms on an idle modern core): the machine's
+speed at the time.
 """
 
 from __future__ import annotations
@@ -29,11 +36,12 @@ import json
 import pathlib
 import random
 import time
+import timeit
 from collections.abc import Callable
 
 from edge.model import Reading
 from edge.rules import AlertEngine, load_rules, parse_rules
-from edge.windows import Windower, WindowSpec
+from edge.windows import ClosedWindows, Windower, WindowSpec
 
 T0 = 1_705_322_400_000  # a whole minute
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -86,21 +94,35 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=10_000)
     ap.add_argument("--seconds", type=int, default=30)
     args = ap.parse_args()
+    calib = min(timeit.timeit("for _ in range(1_000_000): pass", number=1)
+                for _ in range(3)) * 1000
     stream = fleet(args.devices, args.seconds)
     import numpy  # noqa: F401  - imported once at gateway start, not per window close
     n = len(stream)
     rate = args.devices  # readings per second at design load
 
-    w = Windower(WindowSpec(id="w10s", size_ms=10_000, lateness_ms=2000, idle_timeout_ms=2000))
+    w = Windower(WindowSpec(id="w10s", size_ms=10_000, lateness_ms=2000, idle_timeout_ms=4000))
     closes = 0
+    close_cpu = 0.0
+    closed: list[ClosedWindows] = []
 
     def w_advance(now: int) -> None:
-        nonlocal closes
-        closes += len(w.advance(now))
+        nonlocal closes, close_cpu
+        t0 = time.process_time()
+        batch = w.close_due(now)
+        close_cpu += time.process_time() - t0
+        closes += len(batch)
+        if batch:
+            closed.append(batch)
 
     cpu_w = drive(w.observe, w_advance, stream)
+    t0 = time.process_time()
+    events = sum(len(b.events()) for b in closed)
+    events_cpu = time.process_time() - t0
+    closed.clear()
 
-    seed = parse_rules({"windows": [{"id": "w10s", "size": "10s"}], "rules": [
+    seed = parse_rules({"windows": [{"id": "w10s", "size": "10s", "idle_timeout": "4s"}],
+                        "rules": [
         {"id": "overheat", "match": {"measurement": "temperature"}, "condition": "max > 90",
          "clear": "max < 85", "severity": "critical"}]})
     results = {}
@@ -121,12 +143,17 @@ def main() -> None:
         "readings": n, "devices": args.devices, "seconds": args.seconds,
         "us_per_reading": round(us, 3),
         "window_cpu_cores": round(us * rate / 1e6, 4),
+        "us_per_window_close": round(close_cpu / max(closes, 1) * 1e6, 3),
+        "us_per_aggregate_event": round(events_cpu / max(events, 1) * 1e6, 3),
         "closes_per_s": round(closes / cpu_w),
         "windows_closed": closes,
+        "calib_ms_per_mloop": round(calib, 1),
     }
     print(f"{'scenario':10} {'us/reading':>11} {'cores@10k/s':>12} {'aggregates':>11} "
           f"{'alerts':>7}")
-    print(f"{'windows':10} {us:11.2f} {us * rate / 1e6:12.4f} {closes:11d} {0:7d}")
+    print(f"{'windows':10} {us:11.2f} {us * rate / 1e6:12.4f} {closes:11d} {0:7d}   "
+          f"(close {summary['us_per_window_close']} us/window, "
+          f"event {summary['us_per_aggregate_event']} us/window)")
     for name, (cpu, counts) in results.items():
         e_us = cpu / n * 1e6
         print(f"{name:10} {e_us:11.2f} {e_us * rate / 1e6:12.4f} {counts['aggregates']:11d} "
