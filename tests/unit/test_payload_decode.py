@@ -562,3 +562,16 @@ def test_json_fast_path_is_used_when_orjson_is_installed() -> None:
         assert _outcome(deep, ctx) == _outcome(deep, ctx, orjson=False)
     with pytest.raises(PayloadError):
         decode_payload(b"[" * 5000 + b"]" * 5000, ctx)
+
+
+def test_decoded_readings_are_ordinary_frozen_readings() -> None:
+    import edge.payload.decode as decode
+
+    assert decode._reading is not Reading  # the slot-store constructor is in use
+    (r,) = decode_payload(json.dumps(SEED).encode(), DecodeContext(received_ms=RECV))
+    plain = Reading(*(getattr(r, f.name) for f in dataclasses.fields(Reading)))
+    assert type(r) is Reading and r == plain and hash(r) == hash(plain)
+    assert repr(r) == repr(plain) and r.idempotency_key() == plain.idempotency_key()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.value = 1.0  # type: ignore[misc]
+    assert dataclasses.replace(r, value=1.0).value == 1.0
