@@ -39,7 +39,9 @@ is ingested as one payload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -50,6 +52,7 @@ from aiocoap.messagemanager import MessageManager
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.constants import TransportTuning
 from aiocoap.numbers.types import Type
+from aiocoap.util import socknumbers
 from aiocoap.util.linkformat import LinkFormat
 
 from edge.errors import ConfigError, RetriableError
@@ -242,6 +245,7 @@ class CoapServer:
             loggername="fieldlink.gateway.coap.aiocoap")
         try:
             _install_tuning(ctx, _CommitFirstTuning(self.settings.empty_ack_delay))
+            _no_icmp_error_queue(ctx)
             self._port = _bound_port(ctx)
         except BaseException:
             await ctx.shutdown()
@@ -406,10 +410,36 @@ def _install_tuning(ctx: Context, tuning: TransportTuning) -> None:
         manager.dispatch_message = dispatch  # type: ignore[method-assign]
 
 
-def _bound_port(ctx: Context) -> int:
+def _server_sockets(ctx: Context) -> list[socket.socket]:
+    out = []
     for manager in _message_managers(ctx):
         transport = getattr(getattr(manager, "message_interface", None), "transport", None)
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is not None:
-            return int(sock.getsockname()[1])
+            out.append(sock)
+    return out
+
+
+def _no_icmp_error_queue(ctx: Context) -> None:
+    """Turn off the ICMP error queue (IP_RECVERR / IPV6_RECVERR) that aiocoap's udp6 transport
+    turns on for the server socket.
+
+    Why: on uvloop (the gateway's event loop) a queued ICMP error makes epoll report EPOLLERR
+    for the socket, and libuv then stops the poll handle for good — the endpoint never reads
+    again, while /healthz still says it listens.  One answer meeting a closed port is enough
+    (for instance an RST to a confirmable response with an unknown token, sent from a socket
+    that is gone): found by the torture suite's CoAP fuzzing.  Nothing is lost by turning it
+    off: ICMP errors only fail requests this context sends, and a server sends none."""
+    if not socknumbers.HAS_RECVERR:
+        return
+    for sock in _server_sockets(ctx):
+        for level, option in ((socket.IPPROTO_IPV6, socknumbers.IPV6_RECVERR),
+                              (socket.IPPROTO_IP, socknumbers.IP_RECVERR)):
+            with contextlib.suppress(OSError):  # IPv4-only socket: no IPv6 level
+                sock.setsockopt(level, option, 0)
+
+
+def _bound_port(ctx: Context) -> int:
+    for sock in _server_sockets(ctx):
+        return int(sock.getsockname()[1])
     raise RuntimeError("CoAP server socket not found")

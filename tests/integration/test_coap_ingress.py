@@ -321,3 +321,27 @@ async def test_shutdown_answers_requests_already_committing(client: Context) -> 
     assert response.code == Code.CHANGED
     assert ingest.committed == [b"1"]
     assert coap.stats().listening is False
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_an_icmp_error_does_not_silence_the_endpoint(loop: str) -> None:
+    """One datagram used to silence the endpoint for good on uvloop (the gateway's loop): a
+    confirmable response with a token nobody asked for is answered with RST, the RST meets a
+    port that is already closed, the kernel queues the ICMP error, and libuv stopped polling
+    the socket.  The next request must still be answered."""
+    async def scenario() -> Code:
+        async with CoapServer(settings(), ingest=RecordingIngest()) as coap:
+            gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            gone.sendto(b"\x41\x45\x05\xe0\x8e", ("127.0.0.1", coap.port))  # CON 2.05, token 8e
+            gone.close()
+            await asyncio.sleep(0.3)
+            client = await Context.create_client_context(transports=["udp6"])
+            try:
+                response = await post(client, coap.port, "/r/sensor_001_line1",
+                                      json.dumps(SEED).encode(), 50)
+            finally:
+                await client.shutdown()
+            return response.code
+
+    run = asyncio.run if loop == "asyncio" else pytest.importorskip("uvloop").run
+    assert run(scenario()) == Code.CHANGED
