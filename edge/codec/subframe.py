@@ -16,7 +16,10 @@ per reading); this writes what the frame already holds in fixed, cheap layouts:
   (`edge.codec.floats.decode_float_parts`), so every float comes back bit for bit without
   being checked again; raw runs stay raw float64;
 * strings as literals, contexts and runs renumbered, the order section explicit (nil when
-  the readings are grouped by run in batch order).
+  the readings are grouped by run in batch order);
+* byte strings inline, the blob table empty: hoisting them pays for zstd blocks per byte
+  plane, which these frames do not use (every v1 decoder resolves blob references and takes
+  bytes where they are).
 
 Guarantees: the result is a v1 frame that `decode_batch` reads back as exactly the chosen
 readings in their batch order, with the batch's gateway id, sequence and created_ms and no
@@ -40,11 +43,10 @@ from typing import Any
 
 import msgpack
 
-from edge.codec.body import assemble
 from edge.codec.columnar import ORDER_EXPLICIT, TIMES_ABSOLUTE, Columns
 from edge.codec.columns import I64_MAX, I64_MIN, RAW, Planes
 from edge.codec.compression import compress as compress_body
-from edge.codec.header import COMPRESSIONS, pack_header
+from edge.codec.header import COMPRESSIONS, U64, pack_header
 from edge.codec.strings import STATIC
 from edge.errors import Oversize
 
@@ -52,6 +54,7 @@ __all__ = ["encode_groups", "encode_rows", "encode_runs", "fast_ints"]
 
 _STATIC_INDEX = {s: i for i, s in enumerate(STATIC)}
 _NO_EVENTS = msgpack.packb([])
+_NO_BLOBS: list[Any] = [[], b""]
 _LITTLE = sys.byteorder == "little"
 #: zstd level of compressed sub-frames: they are records, rewritten per batch, not uplink
 _ZSTD_LEVEL = 3
@@ -68,8 +71,8 @@ def _planes_of(xs: Sequence[int]) -> tuple[int, list[bytes]]:
         low = 0
     except OverflowError:
         low = min(xs)
-        if low < I64_MIN:
-            raise
+        if not I64_MIN <= low <= U64:
+            raise OverflowError("the column's minimum is no msgpack integer") from None
         words = array("Q", map(sub, xs, repeat(low)))
     if not _LITTLE:
         words.byteswap()
@@ -124,7 +127,7 @@ class _State:
         try:
             self.ts = _Column(cols.ts)
             self.received = _Column(cols.received)
-            self.flags = _Column(cols.flags)
+            self.flags = _Column(cols.flags if any(cols.flags) else [])
             self.seq = _Column(cols.seq)
             self.sts = _Column(cols.sts_rel)
         except OverflowError as e:
@@ -134,7 +137,7 @@ class _State:
         self.battery = _optional_column(cols.battery_ints)
         self.before: dict[str, list[int]] = {}
 
-    def present_before(self, cols: Columns, field: str, presence: bytes) -> list[int]:
+    def present_before(self, field: str, presence: bytes) -> list[int]:
         """How many rows before each row have the field (cached per field)."""
         before = self.before.get(field)
         if before is None:
@@ -186,7 +189,7 @@ class _Selection:
         have = picked.count(1)
         if not have:
             return False, []
-        before = state.present_before(self.cols, field, presence)
+        before = state.present_before(field, presence)
         slices = [slice(before[s.start], before[s.stop]) for s in self.slices]
         return (True if have == len(picked) else picked), slices
 
@@ -226,11 +229,19 @@ def _tags(sel: _Selection) -> list[Any]:
     index: dict[str | None, int] = {s: i + 1 for i, s in enumerate(distinct)}
     index[None] = 0  # context fields hold string index + 1, 0 for None
     literals = [_STATIC_INDEX.get(s, s) for s in distinct]
+    if len(contexts) == 1:
+        # the usual group (one production line): every context field is a constant
+        context_section = [1, *map(index.__getitem__, contexts[0])]
+        run_contexts: Any = 0
+    else:
+        context_section = [len(contexts)] + [fast_ints([index[c[f]] for c in contexts])
+                                             for f in range(6)]
+        run_contexts = fast_ints(list(map(renumber.__getitem__, old_contexts)))
     return [
         [literals, [], 0, []],
-        [len(contexts)] + [fast_ints([index[c[f]] for c in contexts]) for f in range(6)],
-        [len(runs), fast_ints([index[d] - 1 for d in devices]),
-         fast_ints(list(map(renumber.__getitem__, old_contexts))), fast_ints(sel.lengths)],
+        context_section,
+        [len(runs), fast_ints([index[d] - 1 for d in devices]), run_contexts,
+         fast_ints(sel.lengths)],
     ]
 
 
@@ -285,12 +296,14 @@ def _frame(cols: Columns, sections: list[Any], count: int, compression: str) -> 
     assert header is not None
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}; use one of {COMPRESSIONS}")
-    chunks = assemble(sections, _NO_EVENTS)
-    data = compress_body(chunks, compression, zstd_level=_ZSTD_LEVEL)
+    # byte strings stay inline (an empty blob table): a v1 decoder resolves blob references
+    # and takes bytes where they are; hoisting pays for per-plane zstd blocks, not here
+    body = msgpack.packb([_NO_BLOBS, *sections, _NO_EVENTS], use_bin_type=True)
+    data = compress_body([body], compression, zstd_level=_ZSTD_LEVEL)
     return pack_header(compression=compression, gateway_id=header.gateway_id,
                        sequence=header.sequence, created_ms=header.created_ms,
                        reading_count=count, event_count=0, body=data,
-                       raw_len=sum(map(len, chunks))) + data
+                       raw_len=len(body)) + data
 
 
 # --------------------------------------------------------------------------- public
