@@ -289,7 +289,7 @@ class Store:
         self._account(stored, total - stored)
         self._learn_rows += stored
         if stored == total:
-            return [AppendResult(stored=len(b)) for b in batches]
+            return [_stored(len(b)) for b in batches]
         return self._attribute(batches, dks, max_id)
 
     def _attribute(self, batches: list[list[Reading]], dks: list[bytes], max_id: int
@@ -504,3 +504,12 @@ class Store:
             commit_ms_max=t.commit_ms_max, group_size_last=t.group_last,
             group_size_avg=t.group_total / t.commits if t.commits else 0.0,
             pending_readings=pending, schema_version=SCHEMA_VERSION)
+
+
+#: results of the common case, shared (AppendResult is frozen): building a frozen dataclass
+#: costs as much as encoding the reading's row
+_STORED = [AppendResult(stored=n) for n in range(65)]
+
+
+def _stored(n: int) -> AppendResult:
+    return _STORED[n] if n < 65 else AppendResult(stored=n)
