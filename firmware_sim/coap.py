@@ -5,7 +5,9 @@ a 4.xx/5.xx response fails it with reason ``coap_<code>`` (a malformed payload i
 to get 4.00), no response within aiocoap's retransmission window fails it with
 ``coap_timeout``.  QoS 0 devices send non-confirmable requests and count them unconfirmed
 at once; their exchanges are cancelled after `NON_LINGER_S` so a gateway that never answers
-a NON does not make the fleet hold state forever.
+a NON does not make the fleet hold state forever.  A request to a gateway that is down is
+retransmitted like any lost datagram (the client socket takes no ICMP errors, see
+`_no_icmp_error_queue`), so it is acknowledged if the gateway is back within the window.
 
 All CoAP devices share one client context (one UDP socket): the device is named by the
 resource path, as the gateway expects.  CoAP has no connection, so the `disconnect` fault
@@ -16,7 +18,9 @@ variant) use block-wise transfer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections import deque
 from functools import partial
 from typing import Any
@@ -45,6 +49,7 @@ class CoapClient:
 
     async def __aenter__(self) -> CoapClient:
         self.ctx = await aiocoap.Context.create_client_context()
+        _no_icmp_error_queue(self.ctx)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -63,6 +68,35 @@ class CoapClient:
             _, req = self._non.popleft()
             if not req.response.done():
                 req.response.cancel()
+
+
+def _no_icmp_error_queue(ctx: aiocoap.Context) -> None:
+    """Turn off the ICMP error queue (IP_RECVERR / IPV6_RECVERR) aiocoap's udp6 transport
+    turns on for the client socket.
+
+    On uvloop (the simulator's default loop) a queued ICMP error — a request that met a
+    gateway that is down, "port unreachable" — makes epoll report EPOLLERR, and libuv then
+    stops polling the socket for good: every CoAP device of the fleet would stay silent after
+    the gateway's first restart.  Without the queue a request to a gateway that is down is
+    retransmitted like any lost datagram, and answered once the gateway is back, or fails as
+    ``coap_timeout`` at the end of the retransmission window."""
+    from aiocoap.messagemanager import MessageManager
+    from aiocoap.util import socknumbers
+
+    if not socknumbers.HAS_RECVERR:
+        return
+    for interface in ctx.request_interfaces:
+        manager = getattr(interface, "token_interface", None)
+        if not isinstance(manager, MessageManager):
+            continue
+        transport = getattr(getattr(manager, "message_interface", None), "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            continue
+        for level, option in ((socket.IPPROTO_IPV6, socknumbers.IPV6_RECVERR),
+                              (socket.IPPROTO_IP, socknumbers.IP_RECVERR)):
+            with contextlib.suppress(OSError):  # IPv4-only socket: no IPv6 level
+                sock.setsockopt(level, option, 0)
 
 
 class CoapLink:

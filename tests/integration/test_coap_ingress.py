@@ -345,3 +345,31 @@ def test_an_icmp_error_does_not_silence_the_endpoint(loop: str) -> None:
 
     run = asyncio.run if loop == "asyncio" else pytest.importorskip("uvloop").run
     assert run(scenario()) == Code.CHANGED
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_simulators_coap_client_survives_a_gateway_that_was_down(loop: str) -> None:
+    """The fleet's shared CoAP client: a request that met a closed port (the gateway down)
+    used to silence the client socket for good on uvloop, so no CoAP device of the fleet was
+    heard again after a gateway restart.  A request to the gateway once it is up must be
+    answered."""
+    from firmware_sim.coap import CoapClient
+
+    async def scenario() -> Code:
+        async with CoapClient() as client:
+            assert client.ctx is not None
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", 0))
+                down = s.getsockname()[1]
+            lost = client.ctx.request(Message(code=POST, uri=f"coap://127.0.0.1:{down}/r/d1",
+                                              payload=b"1"))
+            await asyncio.sleep(0.5)  # the POST met "port unreachable"
+            async with CoapServer(settings(), ingest=RecordingIngest()) as coap:
+                response = await asyncio.wait_for(client.ctx.request(Message(
+                    code=POST, uri=f"coap://127.0.0.1:{coap.port}/r/sensor_001_line1",
+                    payload=json.dumps(SEED).encode())).response, 20)
+            del lost
+            return response.code
+
+    run = asyncio.run if loop == "asyncio" else pytest.importorskip("uvloop").run
+    assert run(scenario()) == Code.CHANGED
