@@ -342,14 +342,28 @@ def _build(kind: str, item: Any, ctx: DecodeContext, received: int) -> Reading:
 
 
 def _from_mapping(msg: dict[Any, Any], ctx: DecodeContext, received: int) -> Reading:
+    # Each field is checked inline for its common form (a string seen valid before, a
+    # finite float, an int in range) and otherwise by its checker, which accepts or raises
+    # exactly as documented: the inline checks only skip work, never change a verdict.
     limits = ctx.limits
-    device_id = _device_id(msg.get("device_id"), ctx)
+    max_len = limits.max_string_length
+    raw = msg.get("device_id")
+    hint = ctx.device_hint
+    if (raw.__class__ is str and (hint is None or raw == hint) and raw in _VALID_IDS
+            and len(raw) <= max_len):
+        device_id: str = raw
+    else:
+        device_id = _device_id(raw, ctx)
     value = msg.get("value")
-    if value is None:
-        raise MissingField("value is missing", field="value")
-    value = _number(value, "value")
+    if value.__class__ is not float or not _isfinite(value):
+        if value is None:
+            raise MissingField("value is missing", field="value")
+        value = _number(value, "value")
     measurement = msg.get("device_type")
-    if measurement is None:
+    if measurement.__class__ is str and measurement in _OK_TEXT and len(measurement) <= max_len \
+            and measurement[0] != "#":
+        pass
+    elif measurement is None:
         measurement = ctx.measurement_hint or DEFAULT_MEASUREMENT
     elif not _text(measurement, "device_type", limits):
         raise ValidationError("device_type is empty", field="device_type",
@@ -359,7 +373,8 @@ def _from_mapping(msg: dict[Any, Any], ctx: DecodeContext, received: int) -> Rea
                               "cannot be stored as an InfluxDB measurement",
                               field="device_type", reason="invalid_value", value=measurement)
     unit = msg.get("unit")
-    unit = ctx.unit_hint or "" if unit is None else _text(unit, "unit", limits)
+    if unit.__class__ is not str or unit not in _OK_TEXT or len(unit) > max_len:
+        unit = ctx.unit_hint or "" if unit is None else _text(unit, "unit", limits)
     facility, line, zone = ctx.facility, ctx.line, ctx.zone
     loc = msg.get("location")
     if loc is not None:
@@ -368,29 +383,33 @@ def _from_mapping(msg: dict[Any, Any], ctx: DecodeContext, received: int) -> Rea
                             field="location", value=loc)
         v = loc.get("facility")
         if v is not None:
-            facility = _text(v, "location.facility", limits)
+            facility = v if v.__class__ is str and v in _OK_TEXT and len(v) <= max_len else \
+                _text(v, "location.facility", limits)
         v = loc.get("line")
         if v is not None:
             line = _line(v, limits)
         v = loc.get("zone")
         if v is not None:
-            zone = _text(v, "location.zone", limits)
+            zone = v if v.__class__ is str and v in _OK_TEXT and len(v) <= max_len else \
+                _text(v, "location.zone", limits)
     quality = msg.get("quality")
     if quality is None:
         quality = "good"
     elif type(quality) is not str or quality not in _QUALITIES:
         quality = _quality(quality)
     battery = msg.get("battery_voltage")
-    if battery is not None:
+    if battery is not None and (battery.__class__ is not float or not _isfinite(battery)):
         battery = _number(battery, "battery_voltage")
     seq = msg.get("seq")
-    if seq is not None:
+    if seq is not None and (seq.__class__ is not int or not 0 <= seq <= _INT64_MAX):
         seq = _seq(seq)
     ts = msg.get("timestamp")
     if ts is None:
         return _reading(device_id, received, value, measurement, unit, facility, line, zone,
                         quality, battery, seq, received, None, FLAG_TS_MISSING)
-    ts = _timestamp(ts, limits)
+    if not (ts.__class__ is int and _SECONDS_BELOW <= ts and limits.min_ts_ms <= ts
+            <= limits.max_ts_ms):
+        ts = _timestamp(ts, limits)
     if abs(ts - received) > limits.clock_skew_tolerance_ms:
         return _reading(device_id, received, value, measurement, unit, facility, line, zone,
                         quality, battery, seq, received, ts, FLAG_CLOCK_SKEW)
@@ -569,7 +588,17 @@ def _text(v: Any, name: str, limits: Limits) -> str:
     if "\\" in v:
         raise ValidationError(f"{name} {_show(v)} holds a backslash, which cannot be stored "
                               "as an InfluxDB tag", field=name, reason="invalid_value", value=v)
+    if v:
+        if len(_OK_TEXT) >= _VALID_IDS_MAX:  # bounded like _VALID_IDS
+            _OK_TEXT.clear()
+        _OK_TEXT.add(v)
     return v
+
+
+#: non-empty strings `_text` accepted (units, measurements, tags repeat with every message);
+#: the length limit is checked on every use, it depends on the context
+_OK_TEXT: set[str] = set()
+_isfinite = math.isfinite
 
 
 def _line(v: Any, limits: Limits) -> str:
