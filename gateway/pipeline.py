@@ -15,8 +15,9 @@ Guarantees:
   when they could not be stored — the ingress then must not acknowledge.  Nothing is ever
   acknowledged that is not committed or dead-lettered.  Outcomes of one ingress are delivered
   in submission order when they share a commit group, and groups settle in order.
-* Bad input never raises: a payload that cannot be decoded at all, an element that fails
-  validation, a reading of an unknown device under `unknown_devices: reject` — each is
+* Bad input never raises: a payload that cannot be decoded at all, one that holds no
+  readings (`no_readings`: `[]`, a CSV header alone), an element that fails validation, a
+  reading of an unknown device under `unknown_devices: reject` — each is
   dead-lettered with its raw bytes, source, peer and reason, and counted by reason, before the
   outcome is delivered.  A batch with some bad elements stores the good ones and
   dead-letters the raw payload once, with every bad index and reason in the detail.
@@ -186,8 +187,10 @@ class Pipeline:
                 return
             self._partial(payload, origin, good, reason, detail, durable, done, token)
             return
-        if not good:  # e.g. a CSV payload holding only its header line
-            done(token, Outcome(rejected="empty", detail="no readings"), None)
+        if not good:  # `[]`, an empty msgpack array, a CSV payload of only its header line
+            # acknowledged like any refused payload, so it is dead-lettered and counted too
+            self._reject_only(payload, origin, "no_readings", "the payload holds no readings",
+                              durable, done, token)
             return
         if not durable:
             done(token, *self._nondurable(good, protocol, ""))

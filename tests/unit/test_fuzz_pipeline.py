@@ -152,15 +152,28 @@ def test_every_payload_is_taken_or_dead_lettered_and_counted(
     assert len(buffer.dead) <= 1, "one payload is dead-lettered at most once"
     if outcome.rejected is not None:
         assert not buffer.appended
-        assert buffer.dead == [(raw, origin.protocol, outcome.rejected)] or (
-            outcome.rejected == "empty" and not buffer.dead)
+        assert buffer.dead == [(raw, origin.protocol, outcome.rejected)]
     else:
         assert buffer.appended, "a payload taken into custody stored something"
-    assert buffer.appended or buffer.dead or outcome.rejected == "empty", \
-        "the payload vanished: neither stored nor dead-lettered"
+    assert buffer.appended or buffer.dead, "the payload vanished: neither stored nor " \
+                                           "dead-lettered"
     assert sum(pipeline.stats.rejected.values()) == len(buffer.dead)
     for dead_raw, _, reason in buffer.dead:
         assert dead_raw == raw and reason
+
+
+@pytest.mark.parametrize("raw,ctype", [(b"[]", None), (b"\x90", None), (b"\xdc\x00\x00", None),
+                                       (b"device_id,timestamp,value\n", "text/csv")])
+def test_a_payload_without_readings_is_dead_lettered_and_counted(raw: bytes,
+                                                                 ctype: str | None) -> None:
+    # acknowledged like any refused payload, so it must not vanish silently either
+    buffer = RecordingBuffer()
+    pipeline = _pipeline(buffer, False)
+    outcome = asyncio.run(pipeline.ingest(raw, Origin("mqtt", "p", "sensor_001",
+                                                      content_type=ctype)))
+    assert outcome.rejected == "no_readings"
+    assert buffer.dead == [(raw, "mqtt", "no_readings")]
+    assert pipeline.stats.rejected["no_readings"] == 1
 
 
 @FUZZ
