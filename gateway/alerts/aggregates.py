@@ -5,8 +5,8 @@ queued as they are, no work on the alert path); the task `alerts-aggregates` tur
 aggregate events — straight from the columns (`ClosedWindows.events`), a slice at a time,
 yielding to the loop in between (10,000 windows may close within a second) — and appends
 them to the buffer in batches (`Buffer.append_events`, durable; priority class above raw
-readings), waiting up to `LINGER_S` to gather a batch rather than writing every few
-windows.  A busy buffer (`RetriableError`) is retried with capped,
+readings) once a wave of closes has passed (`QUIET_S` without new windows, at most
+`LINGER_MAX_S`), rather than writing every few windows while alerts are being delivered.  A busy buffer (`RetriableError`) is retried with capped,
 jittered backoff; the queue is bounded (`max_pending`) and what overflows is dropped —
 counted in `counters["aggregates_dropped"]` and logged, never silently.  Aggregates are not
 in the alert outbox: a window lost in a crash before it was buffered is recomputed from the
@@ -34,8 +34,11 @@ log = logging.getLogger("fieldlink.gateway.alerts")
 BATCH = 5000
 #: windows turned into events between two yields to the event loop
 SLICE = 250
-#: how long the first queued window waits for others before a smaller batch is written
-LINGER_S = 0.5
+#: windows are written once none came for this long (the wave of closes has passed) ...
+QUIET_S = 0.3
+#: ... or this long after the first, or once this many are waiting
+LINGER_MAX_S = 3.0
+MAX_GATHER = 4 * BATCH
 
 
 class _Segment:
@@ -78,6 +81,7 @@ class AggregateForwarder:
         self._urgent = False
         #: thread CPU time spent turning windows into events
         self.cpu_s = 0.0
+        self._last_add = 0.0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -97,6 +101,7 @@ class AggregateForwarder:
             log.error("aggregates dropped: the buffer does not keep up",
                       extra={"fields": {"dropped": overflow}})
         if self._queue:
+            self._last_add = asyncio.get_running_loop().time()
             self._idle.clear()
             self._wake.set()
 
@@ -127,12 +132,19 @@ class AggregateForwarder:
                 self._wake.clear()
                 self._idle.set()
                 await self._wake.wait()
-                # closes come in waves over a second: gather them into fewer, larger writes
-                until = loop.time() + LINGER_S
-                while self._pending < BATCH and loop.time() < until and not self._urgent:
+                # Closes come in waves over a second or so.  Wait for the wave to pass (no
+                # windows for QUIET_S): the buffer's writes (its own thread, holding the GIL
+                # while it encodes) then do not compete with the closes and their alerts,
+                # and go in fewer, larger batches.
+                first = loop.time()
+                while (not self._urgent and self._pending < MAX_GATHER
+                       and loop.time() - first < LINGER_MAX_S):
+                    quiet = self._last_add + QUIET_S - loop.time()
+                    if quiet <= 0:
+                        break
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(until - loop.time()):
+                        async with asyncio.timeout(quiet):
                             await self._wake.wait()
                 continue
             batch = await self._events(BATCH)
