@@ -361,7 +361,8 @@ class Uplink:
             return False
         self._link_up(answer)
         if v.action is Action.ACK:
-            await self._ack(claim)
+            # counted before the local ack: the cloud has the batch whatever happens to the
+            # ack, and whoever sees the rows gone also sees them counted
             self.counts["batches_sent"] += 1
             if v.duplicate:
                 self.counts["batches_duplicate"] += 1
@@ -369,6 +370,7 @@ class Uplink:
             self.counts["events_sent"] += enc.events
             self.acked_wire_bytes += answer.wire_bytes
             self.acked_readings += enc.readings
+            await self._ack(claim)
             return True
         if v.action is Action.SPLIT and len(claim) > 1:
             await self.buffer.release(claim)
