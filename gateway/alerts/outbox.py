@@ -44,6 +44,15 @@ CLEAR = "mqtt-clear"
 MQTT_CHANNELS = ("mqtt", CLEAR)
 
 
+class Cancelled(asyncio.CancelledError):
+    """The task was cancelled during a commit that went through: the transitions are
+    durable and handed to the channels (`last_id` is the commit's last outbox id)."""
+
+    def __init__(self, last_id: int) -> None:
+        super().__init__()
+        self.last_id = last_id
+
+
 class Outbox:
     def __init__(self, path: Path, *, clock: Clock, retry_base_s: float, retry_cap_s: float,
                  retain_resolved_s: float | None) -> None:
@@ -60,6 +69,7 @@ class Outbox:
         self.orphaned = 0
         self.aborted = False
         self._executor: ThreadPoolExecutor | None = None
+        self._committer: ThreadPoolExecutor | None = None
 
     async def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn` on the store thread."""
@@ -69,6 +79,7 @@ class Outbox:
 
     async def open(self) -> Loaded:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="alerts-store")
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="alerts-commit")
         self.store = await self.io(AlertStore, self.path)
         return await self.io(self.store.load)
 
@@ -136,10 +147,25 @@ class Outbox:
         assert self.store is not None
         if not entries:
             return self.store.last_id
-        # Committed right here, on the loop: a few small statements and one fsync.  On the
-        # store thread the same commit took 50-600 ms with the loop busy (every statement
-        # step hands the GIL back and forth), and it is what an alert waits for.
-        pendings = self.store.commit(entries)
+        # The rows are written right here, on the loop (a few statements, no disk wait: on
+        # another thread each statement would wait for the GIL while the loop is busy); the
+        # COMMIT — the fsync — runs on a thread of its own, so the loop goes on (closing the
+        # next windows) meanwhile.  It always completes: a cancellation waits for it, and
+        # the transitions are then handed on all the same.
+        pendings = self.store.begin_commit(entries)
+        assert self._committer is not None
+        done = asyncio.get_running_loop().run_in_executor(self._committer,
+                                                          self.store.finish_commit)
+        cancelled = False
+        while True:
+            try:
+                await asyncio.shield(done)
+                break
+            except asyncio.CancelledError:
+                if not done.done():
+                    cancelled = True
+                    continue
+                raise
         for entry in entries:
             rec = entry.record
             self.transitions[rec["transition"]] += 1
@@ -154,6 +180,8 @@ class Outbox:
             by_channel.setdefault(p.channel, []).append(p)
         for name, items in by_channel.items():
             self.workers[name].add(items)
+        if cancelled:
+            raise Cancelled(self.store.last_id)
         return self.store.last_id
 
     async def save_snapshot(self, capture: EngineCapture, covers_id: int,
@@ -195,6 +223,9 @@ class Outbox:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)
+            self._committer = None
 
     def abort(self) -> None:
         """Stop recording anything (a simulated crash): the file stays as it is."""
@@ -205,6 +236,9 @@ class Outbox:
                 self._executor.submit(store.close)
             self._executor.shutdown(wait=False)
             self._executor = None
+        if self._committer is not None:
+            self._committer.shutdown(wait=False)
+            self._committer = None
 
     def stats(self, now_ms: int) -> dict[str, Any]:
         deliveries: dict[str, dict[str, int]] = {}

@@ -95,7 +95,7 @@ from gateway.alerts.channels import (
 )
 from gateway.alerts.journal import restore_engine
 from gateway.alerts.operators import MqttAcks, alert_routes
-from gateway.alerts.outbox import Outbox
+from gateway.alerts.outbox import Cancelled, Outbox
 from gateway.alerts.settings import AlertSettings
 from gateway.alerts.status import service_health, service_stats
 from gateway.alerts.store import Loaded
@@ -467,6 +467,8 @@ class AlertService:
             capture_cpu = _cpu() - t0
             try:
                 covers = await self.outbox.commit(batch)
+            except Cancelled:
+                raise  # committed all the same
             except BaseException:
                 self._collected[:0] = batch  # retried with the next commit
                 raise

@@ -146,6 +146,7 @@ class AlertStore:
         self._lock = threading.Lock()
         #: the highest outbox id committed (ids are never reused)
         self.last_id = 0
+        self._pending_last = 0
         if readonly:
             if not Path(self.path).is_file():
                 raise FileNotFoundError(self.path)
@@ -208,6 +209,30 @@ class AlertStore:
                now_ms: int | None = None) -> list[Pending]:
         """Store `entries` (and the snapshot that includes them) in one durable transaction.
         Returns the deliveries created, in outbox order."""
+        out = self._write(entries, snapshot, now_ms)
+        self._finish()
+        return out
+
+    def begin_commit(self, entries: Sequence[Entry], now_ms: int | None = None
+                     ) -> list[Pending]:
+        """`commit` in two steps, so the fsync can run on another thread: this one writes the
+        rows (no disk wait) and keeps the store locked until `finish_commit` (on any thread)
+        made them durable or failed.  Returns the deliveries, valid once finished."""
+        self._lock.acquire()
+        try:
+            return self._write(entries, None, now_ms)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def finish_commit(self) -> None:
+        try:
+            self._finish()
+        finally:
+            self._lock.release()
+
+    def _write(self, entries: Sequence[Entry], snapshot: bytes | None, now_ms: int | None
+               ) -> list[Pending]:
         now = _now_ms() if now_ms is None else now_ms
         db = self._db
         self._synchronous("FULL")
@@ -241,12 +266,19 @@ class AlertStore:
                 covers = db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
                 db.execute("INSERT OR REPLACE INTO snapshot (id, saved_ms, covers_id, data) "
                            "VALUES (1, ?, ?, ?)", (now, covers, snapshot))
-            db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self.last_id = last
+        self._pending_last = last
         return out
+
+    def _finish(self) -> None:
+        try:
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self.last_id = self._pending_last
 
     @_locked
     def save_snapshot(self, snapshot: bytes, covers_id: int, now_ms: int | None = None
