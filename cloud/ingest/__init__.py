@@ -2,5 +2,5 @@
 
 `cloud.ingest.service.IngestService` is the component, `cloud.ingest.app.main` the command
 (`fieldlink cloud ingest`).  Pure parts: `records` (batch → bus records), `validate`,
-`dedup.RecentKeys`; I/O: `dedup.BatchLedger` (SQLite), the service.
+`recent.RecentKeys` (readings seen recently); I/O: `dedup.BatchLedger` (SQLite), the service.
 """

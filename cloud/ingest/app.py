@@ -55,10 +55,11 @@ async def run(cfg: CloudConfig, *, stop: asyncio.Event | None = None) -> int:
 
 
 def _tune_gc() -> None:
-    """Every batch allocates (and frees) a Reading per reading; with the default gen-0
-    threshold of 700 the collector would run several times per batch and re-examine the
-    heap each time.  The start-up heap is frozen out of collections, and gen 0 collects every
-    50,000 allocations (reference cycles are rare here: refcounting frees the readings)."""
+    """A batch that takes the reading path allocates (and frees) a Reading per reading, and
+    aiohttp / aiokafka allocate per request; with the default gen-0 threshold of 700 the
+    collector would run every few requests and re-examine the heap each time.  The start-up
+    heap is frozen out of collections, and gen 0 collects every 50,000 allocations (reference
+    cycles are rare here: refcounting frees almost everything)."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
 

@@ -1,8 +1,9 @@
 """Batches of readings and events <-> frames of batch format v1.
 
 Who calls what: the gateway uplink calls `encode_batch` on rows drained from its buffer; cloud
-ingest calls `peek_header` (dedup by `batch_id` without decompressing) and then
-`decode_batch`.  Both are pure functions, safe to call from any thread.
+ingest calls `peek_header` (dedup by `batch_id` without decompressing) and then `scan_batch`
+(the same decoder, columns instead of `Reading` objects); the sinks call `decode_batch`.  All
+are pure functions, safe to call from any thread.
 
 Guarantees
 ----------
@@ -12,8 +13,9 @@ Guarantees
   as msgpack gives them (tuples as lists).
 * Deterministic: the same batch and compression give the same bytes with the same libzstd /
   zlib (golden fixtures pin them).
-* `decode_batch` raises `edge.errors.DecodeError` subclasses and nothing else, whatever the
-  input; sizes are checked against limits before anything large is allocated.
+* `decode_batch` and `scan_batch` raise `edge.errors.DecodeError` subclasses and nothing
+  else, whatever the input, and accept exactly the same frames; sizes are checked against
+  limits before anything large is allocated.
 * `encode_batch` raises `edge.errors.ValidationError` subclasses for values the format
   cannot carry (wrong types, integers outside int64, a gateway id over 255 bytes, ...).
 

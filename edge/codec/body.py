@@ -34,6 +34,9 @@ reading in column order.  Run-wise icols get the run lengths (of present values)
 The blob table comes first and its data holds no msgpack framing, so `encode_body` can hand
 `edge.codec.compression` each byte plane as its own chunk: zstd then codes every plane with
 its own small code table instead of one table for the whole body.
+
+Decoding is `edge.codec.columnar.decode_columns` (every check) plus `readings_of`, which
+builds the `Reading` objects from the columns and puts them in batch order.
 """
 
 from __future__ import annotations
