@@ -55,12 +55,13 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
 
 
 class Sampler(threading.Thread):
-    """Samples a process's CPU time, RSS and disk writes every 0.25 s."""
+    """Samples a process's CPU time (user, system, and per thread), RSS and disk writes every
+    0.25 s."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.proc = psutil.Process(pid)
-        self.samples: list[tuple[float, float, int, int]] = []
+        self.samples: list[tuple[float, float, int, int, float, dict[int, float]]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -68,13 +69,15 @@ class Sampler(threading.Thread):
             try:
                 cpu = self.proc.cpu_times()
                 rss = self.proc.memory_info().rss
+                threads = {t.id: t.user_time + t.system_time for t in self.proc.threads()}
                 try:
                     written = self.proc.io_counters().write_bytes
                 except (psutil.AccessDenied, AttributeError):
                     written = 0
             except psutil.NoSuchProcess:
                 return
-            self.samples.append((time.monotonic(), cpu.user + cpu.system, rss, written))
+            self.samples.append((time.monotonic(), cpu.user + cpu.system, rss, written,
+                                 cpu.system, threads))
             self.stop.wait(0.25)
 
     def window(self, t0: float, t1: float) -> tuple[float, float, int]:
@@ -84,6 +87,15 @@ class Sampler(threading.Thread):
             return 0.0, 0.0, 0
         return (inside[-1][1] - inside[0][1], inside[-1][0] - inside[0][0],
                 inside[-1][3] - inside[0][3])
+
+    def split(self, t0: float, t1: float) -> tuple[float, list[float]]:
+        """(system CPU seconds, CPU seconds of each thread, busiest first) in the window."""
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if len(inside) < 2:
+            return 0.0, []
+        first, last = inside[0][5], inside[-1][5]
+        per_thread = sorted((v - first.get(tid, 0.0) for tid, v in last.items()), reverse=True)
+        return inside[-1][4] - inside[0][4], per_thread
 
     def peak_rss_mb(self) -> float:
         return max((s[2] for s in self.samples), default=0) / 2**20
@@ -140,6 +152,13 @@ def measure(name: str, server: subprocess.Popen, port: int, args: argparse.Names
         "sim_cpu_cores": summary.get("cpu_cores"),
         "failed": summary.get("failed"),
     }
+    if readings_in_window:
+        sys_s, threads = sampler.split(t0, t1)
+        # what the kernel charged (sockets, fsync) vs the process's own code, and the
+        # busiest threads (for the gateway: the event loop, then the buffer writer)
+        result["us_per_reading_system"] = round(sys_s * 1e6 / readings_in_window, 1)
+        result["us_per_reading_by_thread"] = [round(t * 1e6 / readings_in_window, 1)
+                                              for t in threads[:3] if t > 0]
     if name == "fieldlink":
         result["disk_bytes_per_reading"] = (round(written / readings_in_window, 1)
                                             if readings_in_window else None)
