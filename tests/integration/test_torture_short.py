@@ -26,8 +26,8 @@ if str(_TESTS) not in sys.path:
 from torture.report import ScenarioResult, table  # noqa: E402
 from torture.site import Context, Options  # noqa: E402
 
-SHORT = Options(quick=True, trials=2, partition_s=5.0, influx_down_s=4.0,
-                kafka_restart=False, mqtt_cases=150, api_examples=40)
+SHORT = Options(quick=True, trials=2, partition_s=5.0, influx_down_s=3.0,
+                kafka_restart=False, mqtt_cases=100, api_examples=25)
 
 
 def _run(name: str, tmp_path: Path) -> ScenarioResult:
