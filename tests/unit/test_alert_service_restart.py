@@ -8,8 +8,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import yaml
+import zstandard
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from edge.model import Reading
 from edge.rules import parse_rules
@@ -270,3 +275,19 @@ def test_store_ids_are_never_reused_and_prune_keeps_what_is_needed(tmp_path: Pat
         assert store.counts() == {"mqtt": {"delivered": 1}}
     finally:
         store.close()
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=8) | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=60) | st.dictionaries(st.text(max_size=4), inner,
+                                                                  max_size=8),
+    max_leaves=400))
+def test_snapshot_packed_piecewise_is_exactly_packb(tree: Any) -> None:
+    """`encode_snapshot` packs big containers element by element (the GIL goes back to the
+    event loop in between); the bytes must be those of one `packb`."""
+    snap = {"version": 1, "windows": {"w10s": {"series": [tree] * 40}}, "tree": tree}
+    blob = encode_snapshot(snap)
+    assert zstandard.ZstdDecompressor().decompress(blob) == msgpack.packb(snap,
+                                                                          use_bin_type=True)
