@@ -23,7 +23,8 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 
-from edge.config.secondary import SecondaryConfig, load_secondary_config
+from cloud.secondary_cli import add_config_argument, load_or_report
+from edge.config.secondary import SecondaryConfig
 from edge.errors import ConfigError
 from edge.logs import setup_logging
 
@@ -31,7 +32,6 @@ __all__ = ["main", "run_connector", "run_sink"]
 
 log = logging.getLogger("fieldlink.cloud.cdc")
 
-DEFAULT_FILE = "config/secondary.yaml"
 
 
 @contextlib.contextmanager
@@ -117,13 +117,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("process", choices=("connector", "sink", "drop-slot"),
                         help="connector: database -> topics; sink: topics -> warehouse; "
                              "drop-slot: retire the slot and the state")
-    parser.add_argument("-c", "--config", default=DEFAULT_FILE, metavar="FILE",
-                        help=f"the secondary pipelines' configuration (default: {DEFAULT_FILE})")
+    add_config_argument(parser)
     args = parser.parse_args(list(argv))
-    try:
-        cfg = load_secondary_config(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 1
     if not cfg.cdc.enabled:
         print(f"{args.config}: cdc.enabled is false: nothing to capture", file=sys.stderr)

@@ -22,16 +22,15 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from cloud.secondary_cli import add_config_argument, load_or_report
 from edge.backoff import Backoff
-from edge.config.secondary import SecondaryConfig, load_secondary_config
-from edge.errors import ConfigError
+from edge.config.secondary import SecondaryConfig
 from edge.logs import setup_logging
 
 __all__ = ["main", "run_collector", "run_job"]
 
 log = logging.getLogger("fieldlink.cloud.clicks")
 
-DEFAULT_FILE = "config/secondary.yaml"
 
 
 @contextlib.contextmanager
@@ -126,13 +125,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("process", choices=("collector", "job"),
                         help="collector: POST /v1/batch -> web_events; job: windows -> "
                              "InfluxDB + archive")
-    parser.add_argument("-c", "--config", default=DEFAULT_FILE, metavar="FILE",
-                        help=f"the secondary pipelines' configuration (default: {DEFAULT_FILE})")
+    add_config_argument(parser)
     args = parser.parse_args(list(argv))
-    try:
-        cfg = load_secondary_config(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 1
     if not cfg.clicks.enabled:
         print(f"{args.config}: clicks.enabled is false", file=sys.stderr)

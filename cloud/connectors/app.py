@@ -18,15 +18,14 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from edge.config.secondary import SecondaryConfig, load_secondary_config
-from edge.errors import ConfigError
+from cloud.secondary_cli import add_config_argument, load_or_report
+from edge.config.secondary import SecondaryConfig
 from edge.logs import setup_logging
 
 __all__ = ["main", "run"]
 
 log = logging.getLogger("fieldlink.cloud.connectors")
 
-DEFAULT_FILE = "config/secondary.yaml"
 
 
 async def run(cfg: SecondaryConfig, *, stop: asyncio.Event | None = None) -> int:
@@ -71,13 +70,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("action", choices=("run", "cursors"),
                         help="run: poll and receive until SIGTERM; cursors: show the saved "
                              "cursors")
-    parser.add_argument("-c", "--config", default=DEFAULT_FILE, metavar="FILE",
-                        help=f"the secondary pipelines' configuration (default: {DEFAULT_FILE})")
+    add_config_argument(parser)
     args = parser.parse_args(list(argv))
-    try:
-        cfg = load_secondary_config(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 1
     if args.action == "cursors":
         return cursors(cfg)
