@@ -4,7 +4,10 @@
 
 N simulated MQTT sensors (firmware_sim, its own process) publish QoS 1 at `rate` readings/s
 each, first against `fieldlink gateway run` (every PUBACK after the SQLite group commit), then
-against Mosquitto (Debian, no persistence).  For each: server CPU per reading and cores used in
+against Mosquitto (Debian, no persistence), then against the Python floor
+(`tests/bench/_mqtt_floor.py`: the smallest uvloop ingest that commits each raw payload to
+SQLite before its PUBACK, with no decoding, validation or routing — what any Python ingest
+costs on this machine before doing its job).  For each: server CPU per reading and cores used in
 the steady phase (after every device connected), share of readings acknowledged, ack latency
 p50/p99 as the sensors saw it, peak RSS; for the gateway also bytes written to disk per
 reading (/proc/PID/io write_bytes — SD cards wear out).
@@ -159,7 +162,7 @@ def measure(name: str, server: subprocess.Popen, port: int, args: argparse.Names
         result["us_per_reading_system"] = round(sys_s * 1e6 / readings_in_window, 1)
         result["us_per_reading_by_thread"] = [round(t * 1e6 / readings_in_window, 1)
                                               for t in threads[:3] if t > 0]
-    if name == "fieldlink":
+    if name != "mosquitto":
         result["disk_bytes_per_reading"] = (round(written / readings_in_window, 1)
                                             if readings_in_window else None)
     if extra:
@@ -220,6 +223,18 @@ def bench_mosquitto(work: Path, args: argparse.Namespace) -> dict:
         stop(server)
 
 
+def bench_floor(work: Path, args: argparse.Namespace) -> dict:
+    port = free_port()
+    server = subprocess.Popen([PY, str(ROOT / "tests/bench/_mqtt_floor.py"), str(port),
+                               str(work / "floor.db"), str(args.commit_ms)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, server)
+        return measure("floor", server, port, args, {"commit_interval_ms": args.commit_ms})
+    finally:
+        stop(server)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,7 +244,7 @@ def main() -> int:
     parser.add_argument("--connect-rate", type=int, default=1000, help="CONNECTs per second")
     parser.add_argument("--commit-ms", type=float, default=5.0)
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
-    parser.add_argument("--only", choices=("fieldlink", "mosquitto"))
+    parser.add_argument("--only", choices=("fieldlink", "mosquitto", "floor"))
     parser.add_argument("--rules", default=str(ROOT / "config/rules.yaml"),
                         help="alert rules the gateway evaluates (default: the shipped ones)")
     args = parser.parse_args()
@@ -241,6 +256,8 @@ def main() -> int:
             out["fieldlink"] = bench_gateway(work, args)
         if args.only in (None, "mosquitto"):
             out["mosquitto"] = bench_mosquitto(work, args)
+        if args.only in (None, "floor"):
+            out["python_floor"] = bench_floor(work, args)
     print(json.dumps(out))
     return 0
 
