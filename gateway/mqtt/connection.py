@@ -34,7 +34,6 @@ when the connection ends without DISCONNECT, except on session take-over and bro
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import Any
 
 from edge.errors import RetriableError
@@ -48,7 +47,8 @@ from gateway.mqtt.control import AUTH, CLOSED, CONNECTED, NEW, ControlPackets, c
 from gateway.mqtt.router import Message
 from gateway.mqtt.session import Session
 
-_PUBACK = [codec.puback(pid) for pid in range(65536)]
+_NO_PIDS: set[int] = set()  # never added to: replaced by a set of its own first
+
 # A PUBLISH handed to the ingest is a list: [ack packet once committed (None until then),
 # topic, payload, qos, pid, retain].  QoS 1/2 ones also sit in `acks` until their turn.
 _ACK, _TOPIC, _PAYLOAD, _QOS, _PID, _RETAIN = range(6)
@@ -97,8 +97,11 @@ class MqttConnection(ControlPackets, asyncio.Protocol):
         self.publish_will = True
         self.write_paused = False
         self.read_paused = False
-        self.acks: deque[list[bytes | None]] = deque()
-        self.pending_qos2: set[int] = set()
+        # a list, not a deque: it rarely holds more than one entry, and 10,000 empty deques
+        # cost 7 MB (a deque allocates a 64-slot block up front)
+        self.acks: list[list[Any]] = []
+        #: QoS 2 packet ids being committed; a shared empty set until the first one (rare)
+        self.pending_qos2: set[int] = _NO_PIDS
         self.topics: dict[bytes, _Topic] = {}
         self.identity: str | None = None  # verified TLS client certificate CN
         self.auth_task: asyncio.Task[None] | None = None
@@ -295,6 +298,8 @@ class MqttConnection(ControlPackets, asyncio.Protocol):
             return
         slot = [None, topic, payload, qos, pid, retain]  # a QoS 2 reading
         self.acks.append(slot)
+        if self.pending_qos2 is _NO_PIDS:
+            self.pending_qos2 = set()
         self.pending_qos2.add(pid)
         if len(self.acks) >= self.max_inflight_in:
             self.pause_input()
@@ -324,7 +329,7 @@ class MqttConnection(ControlPackets, asyncio.Protocol):
         if qos == 1:
             self._ack(codec.puback(pid))
         elif qos == 2:
-            self.session.awaiting_rel.add(pid)  # type: ignore[union-attr]
+            self.session.awaiting(pid)  # type: ignore[union-attr]
             self._ack(codec.pubrec(pid))
 
     def _ingested(self, slot: list[Any], outcome: Any, error: BaseException | None) -> None:
@@ -348,12 +353,12 @@ class MqttConnection(ControlPackets, asyncio.Protocol):
             return
         pid: int = slot[_PID]
         if qos == 1:
-            slot[_ACK] = _PUBACK[pid]
+            slot[_ACK] = codec.puback(pid)
         else:
             self.pending_qos2.discard(pid)
             session = self.session
             if session is not None:
-                session.awaiting_rel.add(pid)
+                session.awaiting(pid)
             slot[_ACK] = codec.pubrec(pid)
         if self.state == CLOSED:
             self.acks.clear()
@@ -393,9 +398,11 @@ class MqttConnection(ControlPackets, asyncio.Protocol):
     def _flush_acks(self) -> None:
         acks = self.acks
         if acks and acks[0][0] is not None:
-            out = []
-            while acks and acks[0][0] is not None:
-                out.append(acks.popleft()[0])
+            ready, n = 1, len(acks)
+            while ready < n and acks[ready][0] is not None:
+                ready += 1
+            out = [a[0] for a in acks[:ready]]
+            del acks[:ready]
             if self.state != CLOSED:
                 self.send(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[arg-type]
         if self.read_paused:

@@ -20,8 +20,6 @@ import msgpack
 from gateway.auth.topics import matches
 from gateway.mqtt.codec import publish_parts
 
-_PID = [i.to_bytes(2, "big") for i in range(65536)]
-
 
 class Message:
     """One application message.  Encodes its PUBLISH header once per (qos, retain, dup).
@@ -60,7 +58,7 @@ class Message:
             head = publish_parts(self._topic_bytes, self.payload, qos, retain, dup)[0]
             heads[key] = head
         if qos:
-            return head + _PID[pid] + self.payload
+            return head + pid.to_bytes(2, "big") + self.payload
         return head + self.payload
 
 

@@ -36,6 +36,11 @@ class Counters(Protocol):
     dropped_queue_full: int
 
 
+#: never mutated (`discard` on it is a no-op); replaced by an object of its own first
+_NO_QUEUE: deque[tuple[Message, bool]] = deque()
+_NO_PIDS: set[int] = set()
+
+
 class Session:
     __slots__ = ("client_id", "clean", "subscriptions", "inflight", "queue", "awaiting_rel",
                  "conn", "offline_since", "max_inflight", "max_queued", "counters", "_pid")
@@ -46,9 +51,12 @@ class Session:
         self.clean = clean
         self.subscriptions: dict[str, int] = {}
         self.inflight: dict[int, tuple[Message, bool]] = {}
-        self.queue: deque[tuple[Message, bool]] = deque()
-        #: inbound QoS 2 packet ids answered with PUBREC, waiting for PUBREL
-        self.awaiting_rel: set[int] = set()
+        # the shared empty ones until first used: 10,000 sensor sessions that never queue or
+        # use QoS 2 would otherwise hold 9 MB of empty deques and sets
+        self.queue: deque[tuple[Message, bool]] = _NO_QUEUE
+        #: inbound QoS 2 packet ids answered with PUBREC, waiting for PUBREL (add with
+        #: `awaiting`)
+        self.awaiting_rel: set[int] = _NO_PIDS
         self.conn: _Conn | None = None
         self.offline_since: float | None = None
         self.max_inflight = max_inflight
@@ -81,7 +89,15 @@ class Session:
         if len(self.queue) >= self.max_queued:
             self.queue.popleft()
             self.counters.dropped_queue_full += 1
+        if self.queue is _NO_QUEUE:
+            self.queue = deque()
         self.queue.append((msg, retain))
+
+    def awaiting(self, pid: int) -> None:
+        """Note an inbound QoS 2 packet id answered with PUBREC (until its PUBREL)."""
+        if self.awaiting_rel is _NO_PIDS:
+            self.awaiting_rel = set()
+        self.awaiting_rel.add(pid)
 
     def _send(self, msg: Message, retain: bool) -> None:
         pid = self._next_pid()
