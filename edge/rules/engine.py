@@ -9,7 +9,7 @@ Who calls what (the gateway's local-alert task; tests call the same API)::
         out = eng.close_windows(now_ms)             # bounded advance left some): close now
     eng.acknowledge("overheat:sensor-7", by="operator1", now_ms=...)
     reload = eng.replace_rules(load_rules(path))    # on SIGHUP / file change
-    snap = eng.snapshot()                           # JSON-safe; persist it
+    snap = eng.snapshot()                           # msgpack-safe; persist it
     eng = AlertEngine.restore(ruleset, snap, now_ms=...)
 
 Every call returns an `Output` (aggregates, alert transitions, refused readings) that the caller
@@ -561,7 +561,8 @@ class AlertEngine:
     # -- persistence -----------------------------------------------------------------------
 
     def snapshot(self, *, include_windows: bool = False) -> dict[str, Any]:
-        """JSON-safe state: alerts, streaks, stale tracking (and open windows if asked).
+        """State to persist: alerts, streaks, stale tracking (and open windows if asked).
+        msgpack-safe; JSON-safe without windows (their value arrays are `bytes`).
 
         Without windows the snapshot is small (alerts and per-device last-seen times); with
         them it also holds every open window's values, so a restart loses no partial window.

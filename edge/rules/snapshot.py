@@ -1,5 +1,5 @@
 """`AlertEngine` state for snapshots: `capture` (a copy, quick, on the owner's thread) and
-`EngineCapture.to_dict()` (the JSON-safe snapshot, on any thread, later); `restore`.
+`EngineCapture.to_dict()` (the msgpack-safe snapshot, on any thread, later); `restore`.
 
 Why two steps: the full snapshot of 10,000 devices takes a few hundred ms to build and
 encode.  The copy takes a few ms — every open pane's values (a memcpy each), the alert
@@ -39,7 +39,8 @@ class EngineCapture:
     windows: dict[str, WindowerCapture] | None
 
     def to_dict(self) -> dict[str, Any]:
-        """The snapshot: JSON-safe (see `AlertEngine.snapshot`)."""
+        """The snapshot: msgpack-safe; JSON-safe without windows (their value arrays are
+        `bytes`, see `edge.windows.state`)."""
         snap: dict[str, Any] = {
             "version": SNAPSHOT_VERSION, "saved_at_ms": self.saved_at_ms,
             "gateway_id": self.gateway_id, "alerts": self.alerts, "streaks": self.streaks,

@@ -62,7 +62,7 @@ from edge.windows.aggregate import compute_columns
 from edge.windows.batch import ClosedWindows, Sealed
 from edge.windows.result import Late, WindowResult
 from edge.windows.spec import WindowSpec
-from edge.windows.state import SeriesCopy, WindowerCapture, restore_windower
+from edge.windows.state import WindowerCapture, capture_windower, restore_windower
 from edge.windows.timers import GRANULARITY_MS, DeadlineWheel
 
 _SWEEP_EVERY_MS = 60_000
@@ -382,18 +382,13 @@ class Windower:
         return out
 
     def capture(self) -> WindowerCapture:
-        """A copy of every series' state (`edge.windows.state`): a few allocations per
+        """A copy of every series' state (`edge.windows.state`): a few array appends per
         series, no values copied."""
-        # a pane's arrays only ever grow (`observe` appends): its length now is all the copy
-        # needs — the values themselves are read later, by `WindowerCapture.to_state`
-        series: list[SeriesCopy] = [
-            (s.key, s.measurement, s.max_ts, s.next_k, s.last_arrival, s.late, s.last,
-             [(p, pane, len(pane.vals), pane.late, pane.bmin) for p, pane in s.panes.items()])
-            for s in self._series.values()]
-        return WindowerCapture(self.spec, dict(self.counters), series)
+        return capture_windower(self)
 
     def to_state(self) -> dict[str, Any]:
-        """JSON-safe state of every series (open panes included)."""
+        """The state of every series, open panes included (msgpack-safe; see
+        `edge.windows.state`)."""
         return self.capture().to_state()
 
     @classmethod

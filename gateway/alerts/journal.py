@@ -23,13 +23,14 @@ Windows of other subjects resume from the snapshot; a window of theirs that clos
 the snapshot without producing a transition closes again from the snapshot's part of its
 data (its aggregate event has the same idempotency key, so the buffer keeps the first).
 
-`apply_transitions` works on the JSON-safe dict of `AlertEngine.snapshot()` (format version
+`apply_transitions` works on the dict of `AlertEngine.snapshot()` (format version
 1) and returns a new dict for `AlertEngine.restore`; `restore_engine` is the whole start-up
 step, including the case of a state that cannot be used.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import json
@@ -40,6 +41,7 @@ from typing import Any
 
 from edge.rules import AlertEngine, RuleSet
 from edge.rules.model import GATEWAY_KINDS
+from edge.windows.state import drop_series
 
 log = logging.getLogger("fieldlink.gateway.alerts")
 
@@ -135,9 +137,16 @@ def apply_transitions(snapshot: Mapping[str, Any],
     alerts_state["incarnations"] = incarnations
     snap["streaks"] = [s for s in snap.get("streaks", []) if (s[0], s[1]) not in streak_drop]
     for state in snap.get("windows", {}).values():
-        state["series"] = [s for s in state.get("series", []) if s.get("key") not in subjects]
+        drop_series(state, subjects)
     snap["saved_at_ms"] = saved_at
     return snap
+
+
+def _jsonable(obj: Any) -> Any:
+    """For the post-mortem copy: window value arrays (bytes) as base64 text."""
+    if isinstance(obj, bytes):
+        return {"base64": base64.b64encode(obj).decode()}
+    return str(obj)
 
 
 def restore_engine(ruleset: RuleSet, snapshot: Mapping[str, Any] | None,
@@ -157,7 +166,7 @@ def restore_engine(ruleset: RuleSet, snapshot: Mapping[str, Any] | None,
         return AlertEngine.restore(ruleset, snap, now_ms=now_ms, gateway_id=gateway_id), False
     except Exception:
         with contextlib.suppress(Exception):
-            aside.write_text(json.dumps({"snapshot": base, "replay": replay}, default=str))
+            aside.write_text(json.dumps({"snapshot": base, "replay": replay}, default=_jsonable))
         log.critical("alert state could not be restored; starting without it",
                      exc_info=True, extra={"fields": {"kept_in": str(aside)}})
         return AlertEngine(ruleset, now_ms=now_ms, gateway_id=gateway_id), True

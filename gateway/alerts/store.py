@@ -114,11 +114,38 @@ class Loaded:
 def encode_snapshot(snap: dict[str, Any]) -> bytes:
     """msgpack + zstd; the same bytes as `msgpack.packb(snap)` compressed, but packed piece by
     piece: one `packb` of a 10,000-device snapshot is a single C call that holds the GIL for
-    ~100 ms, and the event loop (on another thread) would wait that long."""
+    ~100 ms, and the event loop (on another thread) would wait that long.  Large `bytes`
+    values (window state's value arrays, megabytes each) are not copied into the packer:
+    their header is written here and the object itself joins the output."""
     packer = msgpack.Packer(use_bin_type=True)
     parts: list[bytes] = []
     _pack_parts(snap, packer, parts, 0)
-    return zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
+    # compressed as a stream (the frame still records the content size, so a one-shot
+    # `decompress` reads it): joining the parts first would hold two more copies of it all
+    comp = zstandard.ZstdCompressor(level=3).compressobj(size=sum(map(len, parts)))
+    out: list[bytes] = []
+    run: list[bytes] = []
+    run_len = 0
+    for part in parts:
+        if len(part) >= _BIN_BY_REFERENCE:
+            if run:
+                out.append(comp.compress(b"".join(run)))
+                run, run_len = [], 0
+            out.append(comp.compress(part))
+        else:
+            run.append(part)
+            run_len += len(part)
+            if run_len >= 65536:
+                out.append(comp.compress(b"".join(run)))
+                run, run_len = [], 0
+    if run:
+        out.append(comp.compress(b"".join(run)))
+    out.append(comp.flush())
+    return b"".join(out)
+
+
+#: bytes at least this long are passed through instead of copied by the packer
+_BIN_BY_REFERENCE = 4096
 
 
 def _pack_parts(obj: Any, packer: msgpack.Packer, out: list[bytes], depth: int) -> None:
@@ -131,6 +158,10 @@ def _pack_parts(obj: Any, packer: msgpack.Packer, out: list[bytes], depth: int) 
         out.append(packer.pack_array_header(len(obj)))
         for v in obj:
             _pack_parts(v, packer, out, depth + 1)
+    elif obj.__class__ is bytes and len(obj) >= _BIN_BY_REFERENCE:
+        n = len(obj)  # msgpack bin 16 / bin 32 header, as packb writes it
+        out.append(b"\xc5" + n.to_bytes(2, "big") if n < 0x10000 else b"\xc6" + n.to_bytes(4, "big"))
+        out.append(obj)
     else:
         out.append(packer.pack(obj))
 

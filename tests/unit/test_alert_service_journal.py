@@ -91,9 +91,8 @@ def test_replay_reproduces_the_alert_book() -> None:
            {r: s["silent"].keys() for r, s in final["stale"].items()}
     assert base["alerts"] != final["alerts"]  # the test is not vacuous
     # every subject with a transition restarts its windows; the others keep theirs
-    keys = {s["key"] for s in replayed["windows"]["w1s"]["series"]}
-    assert keys == {s["key"] for s in base["windows"]["w1s"]["series"]} - {
-        r["device_id"] for r in records}
+    keys = set(replayed["windows"]["w1s"]["keys"])
+    assert keys == set(base["windows"]["w1s"]["keys"]) - {r["device_id"] for r in records}
 
 
 def test_restored_engine_neither_refires_nor_forgets() -> None:

@@ -287,7 +287,9 @@ def test_store_ids_are_never_reused_and_prune_keeps_what_is_needed(tmp_path: Pat
 def test_snapshot_packed_piecewise_is_exactly_packb(tree: Any) -> None:
     """`encode_snapshot` packs big containers element by element (the GIL goes back to the
     event loop in between); the bytes must be those of one `packb`."""
-    snap = {"version": 1, "windows": {"w10s": {"series": [tree] * 40}}, "tree": tree}
+    snap = {"version": 1, "windows": {"w10s": {"series": [tree] * 40}}, "tree": tree,
+            "arrays": {"a": b"\x01" * 4096, "b": b"\x02" * 65535, "c": b"\x03" * 65536,
+                       "d": b"\x04" * 70_000, "e": b"\x05" * 4095}}
     blob = encode_snapshot(snap)
     assert zstandard.ZstdDecompressor().decompress(blob) == msgpack.packb(snap,
                                                                           use_bin_type=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgpack
 import pytest
 from test_rules_engine import OVERHEAT, W10, Driver
 from test_windows_timeline import BASE_MS
@@ -21,6 +22,12 @@ def ruleset(*rules: dict[str, Any], windows: list[dict] | None = None):
 
 def through_json(snap: dict) -> dict:
     return json.loads(json.dumps(snap))
+
+
+def through_msgpack(snap: dict) -> dict:
+    """As the gateway stores a snapshot (window values are bytes: not JSON)."""
+    return msgpack.unpackb(msgpack.packb(snap, use_bin_type=True), raw=False,
+                           strict_map_key=False)
 
 
 def test_restore_mid_firing_neither_forgets_nor_fires_twice() -> None:
@@ -65,7 +72,7 @@ def test_restore_with_windows_loses_no_partial_window() -> None:
     for i in range(5):
         eng.observe(Reading("d1", BASE_MS + i * 1000, 95.0 if i == 2 else 20.0),
                     BASE_MS + i * 1000)
-    snap = through_json(eng.snapshot(include_windows=True))
+    snap = through_msgpack(eng.snapshot(include_windows=True))
     assert "windows" in snap and "windows" not in eng.snapshot()
     eng2 = AlertEngine.restore(rs, snap, now_ms=BASE_MS + 60_000)
     for i in range(5, 10):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
+from array import array
 
+import msgpack
 import pytest
 from test_windows_timeline import BASE_MS, run, timeline, tumbling
 
 from edge.model import Event, Reading
 from edge.windows import Windower, WindowSpec, format_duration_ms, parse_duration_ms
+from edge.windows.state import drop_series
 
 
 def values_of(results) -> list[tuple[int, int, float, float]]:
@@ -184,11 +188,102 @@ def test_state_round_trip_continues_exactly() -> None:
     whole, _ = run(tumbling(4000, lateness_ms=1500), readings)
     w = tumbling(4000, lateness_ms=1500)
     first, _ = run(w, readings[:20], settle=False)
-    state = json.loads(json.dumps(w.to_state()))
+    state = msgpack.unpackb(msgpack.packb(w.to_state()))
     w2 = Windower.from_state(w.spec, state, now_ms=readings[19].ts_ms)
     rest, _ = run(w2, readings[20:])
     assert [(r.start_ms, r.aggregates) for r in first + rest] == \
            [(r.start_ms, r.aggregates) for r in whole]
+
+
+def _sliding() -> Windower:
+    return Windower(WindowSpec(id="s", size_ms=8000, slide_ms=2000, lateness_ms=1500))
+
+
+def _fleet(devices: str, until_ms: int) -> list[Reading]:
+    """Out-of-order readings of several devices, some with a battery voltage."""
+    out = [Reading(d, BASE_MS + t + (300 if t % 2100 == 0 else 0), float((t // 100 + i) % 11),
+                   battery_voltage=3.0 + i / 10 if t % 1400 == 0 else None)
+           for t in range(0, until_ms, 700) for i, d in enumerate(devices)]
+    return out
+
+
+def _results(rs: list) -> list:
+    return sorted((r.key, r.start_ms, r.aggregates) for r in rs)
+
+
+def test_state_with_sliding_panes_continues_exactly_through_msgpack() -> None:
+    readings = _fleet("abc", 30_000)
+    whole, _ = run(_sliding(), readings)
+    w = _sliding()
+    first, _ = run(w, readings[:60], settle=False)
+    state = msgpack.unpackb(msgpack.packb(w.to_state()))
+    assert state["layout"] == 2 and sorted(state["keys"]) == ["a", "b", "c"]
+    assert len(array("q", state["pane_ints"])) > 4 * 3  # several open panes per series
+    w2 = Windower.from_state(w.spec, state, now_ms=readings[59].ts_ms)
+    rest, _ = run(w2, readings[60:])
+    assert _results(first + rest) == _results(whole)
+
+
+def test_drop_series_removes_exactly_those_keys() -> None:
+    readings = _fleet("abc", 30_000)
+    w = _sliding()
+    first, _ = run(w, readings[:60], settle=False)
+    state = w.to_state()
+    drop_series(state, {"b", "zz"})
+    assert sorted(state["keys"]) == ["a", "c"]
+    w2 = Windower.from_state(w.spec, state, now_ms=readings[59].ts_ms)
+    rest, _ = run(w2, [r for r in readings[60:] if r.device_id != "b"])
+    whole, _ = run(_sliding(), [r for r in readings if r.device_id != "b"])
+    assert _results([r for r in first if r.key != "b"] + rest) == _results(whole)
+
+
+def test_state_written_in_the_other_byte_order_restores_the_same() -> None:
+    readings = _fleet("ab", 20_000)
+    w = _sliding()
+    run(w, readings[:30], settle=False)
+    state = w.to_state()
+    swapped = dict(state, byteorder="big" if sys.byteorder == "little" else "little")
+    for name, kind in (("series_ints", "q"), ("pane_ints", "q"), ("pane_bmin", "d"),
+                       ("ts", "q"), ("vals", "d")):
+        arr = array(kind, state[name])
+        arr.byteswap()
+        swapped[name] = arr.tobytes()
+    assert swapped["ts"] != state["ts"]
+    now = readings[29].ts_ms
+    again = Windower.from_state(w.spec, swapped, now_ms=now).to_state()
+    assert again == Windower.from_state(w.spec, state, now_ms=now).to_state()
+
+
+def test_a_layout_1_state_saved_by_an_older_gateway_still_restores() -> None:
+    readings = _fleet("ab", 30_000)
+    whole, _ = run(_sliding(), readings)
+    w = _sliding()
+    first, _ = run(w, readings[:40], settle=False)
+    new = w.to_state()
+    sints, pints = array("q", new["series_ints"]), array("q", new["pane_ints"])
+    ts, vals, bmin = array("q", new["ts"]), array("d", new["vals"]), array("d", new["pane_bmin"])
+    series, offset = [], 0
+    for i, key in enumerate(new["keys"]):
+        max_ts, next_k, last_arrival, late = sints[4 * i:4 * i + 4]
+        device_id, unit, facility, line, zone = new["tags"][i]
+        panes = []
+        for j in range(len(bmin)):
+            si, p, n, pane_late = pints[4 * j:4 * j + 4]
+            if si == i:
+                start = sum(pints[4 * k + 2] for k in range(j))
+                panes.append([p, ts[start:start + n].tolist(), vals[start:start + n].tolist(),
+                              pane_late, None if bmin[j] != bmin[j] else bmin[j]])
+        series.append({"key": key, "measurement": new["measurements"][i], "max_ts": max_ts,
+                       "next_k": next_k, "last_arrival": last_arrival, "late": late,
+                       "last": {"device_id": device_id, "unit": unit, "facility": facility,
+                                "line": line, "zone": zone}, "panes": panes})
+        offset += 1
+    old = json.loads(json.dumps({"spec": new["spec"], "counters": new["counters"],
+                                 "series": series}))
+    w2 = Windower.from_state(w.spec, old, now_ms=readings[39].ts_ms)
+    assert w2.to_state()["ts"] == new["ts"]
+    rest, _ = run(w2, readings[40:])
+    assert _results(first + rest) == _results(whole)
 
 
 def test_silent_series_are_forgotten_after_forget_after() -> None:

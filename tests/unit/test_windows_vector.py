@@ -9,6 +9,7 @@ import math
 import random
 from array import array
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -278,6 +279,9 @@ def test_capture_is_the_state_at_capture_time() -> None:
     w.observe(Reading("d", BASE_MS + 12_000, 3.0), BASE_MS + 12_000)
     w.advance(BASE_MS + 12_000)                  # the captured pane closed since
     assert cap.to_state() == want
-    assert want["series"][0]["panes"] == [[(BASE_MS + 1000) // 10_000, [BASE_MS + 1000],
-                                           [1.0], 0, 3.5]]
-    json.dumps(want)
+    assert want["keys"] == ["d"]
+    assert array("q", want["pane_ints"]).tolist() == [0, (BASE_MS + 1000) // 10_000, 1, 0]
+    assert array("q", want["ts"]).tolist() == [BASE_MS + 1000]
+    assert array("d", want["vals"]).tolist() == [1.0]
+    assert array("d", want["pane_bmin"]).tolist() == [3.5]
+    msgpack.packb(want)
