@@ -2,8 +2,8 @@
 
 `Windower.capture()` copies what a snapshot needs — per series its counters and its latest
 reading (immutable), per open pane its counters and how many values it holds — into a few
-flat arrays and lists, in about a µs per series, so the owner can take it without pausing
-anything for long.  The values themselves are not copied: a pane's arrays only ever grow
+flat arrays and lists, in about a µs per series and open pane (~70 ms for 10,000 devices
+with the shipped window families), so the owner pauses for that and no longer.  The values themselves are not copied: a pane's arrays only ever grow
 (readings are appended; a closed pane is never written again), so its first n values at
 capture time stay what they were.  `to_state()` turns the capture into the state dict on any
 thread, later (the gateway: on its store thread, next to the msgpack encoding; the GIL makes
@@ -23,7 +23,8 @@ It is msgpack-safe (not JSON-safe: the arrays are `bytes`).
     pane_bmin    float64      per open pane: lowest battery voltage, NaN for none
     ts, vals     int64/float  every open pane's values, pane after pane
 
-Panes are sorted by series, then pane index.  `restore_windower` is the inverse
+Panes are listed series after series (in series order), each series' panes in the order
+its pane table holds them.  `restore_windower` is the inverse
 (`Windower.from_state`); it also reads layout 1 (a dict per series, lists of values), which
 snapshots saved before layout 2 hold.  `drop_series` removes series by key from either.
 """
@@ -66,17 +67,12 @@ class WindowerCapture:
     def to_state(self) -> dict[str, Any]:
         """The compact state of every series (open panes included); see the module doc."""
         ints = self.pane_ints
-        order = _pane_order(ints)
-        pane_ints, bmin = array("q"), array("d")
         # sized up front: growing two multi-megabyte arrays by appending would copy each
         # several times over
         total = sum(ints[2::4])
         ts, vals = array("q", [0]) * total, array("d", [0.0]) * total
         at = 0
-        for i in order:
-            pane, n = self.panes[i], ints[4 * i + 2]
-            pane_ints.extend(ints[4 * i:4 * i + 4])
-            bmin.append(self.pane_bmin[i])
+        for pane, n in zip(self.panes, ints[2::4], strict=True):
             ts[at:at + n] = pane.ts[:n]
             vals[at:at + n] = pane.vals[:n]
             at += n
@@ -85,46 +81,32 @@ class WindowerCapture:
             "byteorder": sys.byteorder, "keys": list(self.keys),
             "measurements": list(self.measurements),
             "tags": [[r.device_id, r.unit, r.facility, r.line, r.zone] for r in self.lasts],
-            "series_ints": self.series_ints.tobytes(), "pane_ints": pane_ints.tobytes(),
-            "pane_bmin": bmin.tobytes(), "ts": ts.tobytes(), "vals": vals.tobytes(),
+            "series_ints": self.series_ints.tobytes(), "pane_ints": ints.tobytes(),
+            "pane_bmin": self.pane_bmin.tobytes(), "ts": ts.tobytes(), "vals": vals.tobytes(),
         }
 
 
-def _pane_order(ints: array) -> list[int]:
-    """Pane positions sorted by (series, pane index).  A capture lists each series' panes
-    together, so only each series' few panes are sorted (no key object per pane)."""
-    order: list[int] = []
-    n = len(ints) // 4
-    j = 0
-    while j < n:
-        series, start = ints[4 * j], j
-        while j < n and ints[4 * j] == series:
-            j += 1
-        run = list(range(start, j))
-        if len(run) > 1:
-            run.sort(key=lambda k: ints[4 * k + 1])
-        order += run
-    return order
-
-
 def capture_windower(w: Windower) -> WindowerCapture:
-    keys: list[str] = []
-    measurements: list[str] = []
-    lasts: list[Reading] = []
+    # runs on the owner's thread while everything waits: methods bound once, no object
+    # made per pane (20,000 series with 60,000 open panes: ~50 ms)
+    series = list(w._series.values())
+    keys = [s.key for s in series]
+    measurements = [s.measurement for s in series]
+    lasts = [s.last for s in series]
     series_ints = array("q")
     panes: list[_Pane] = []
     pane_ints = array("q")
     pane_bmin = array("d")
-    for i, s in enumerate(w._series.values()):
-        keys.append(s.key)
-        measurements.append(s.measurement)
-        lasts.append(s.last)
-        series_ints.extend((s.max_ts, s.next_k, s.last_arrival, s.late))
+    add_series, add_pane = series_ints.extend, panes.append
+    add_pane_ints, add_bmin = pane_ints.extend, pane_bmin.append
+    nan = _NAN
+    for i, s in enumerate(series):
+        add_series((s.max_ts, s.next_k, s.last_arrival, s.late))
         for p, pane in s.panes.items():
-            n = len(pane.vals)
-            panes.append(pane)
-            pane_ints.extend((i, p, n, pane.late))
-            pane_bmin.append(_NAN if pane.bmin is None else pane.bmin)
+            add_pane(pane)
+            add_pane_ints((i, p, len(pane.vals), pane.late))
+            b = pane.bmin
+            add_bmin(nan if b is None else b)
     return WindowerCapture(w.spec, dict(w.counters), keys, measurements, lasts, series_ints,
                            panes, pane_ints, pane_bmin)
 

@@ -36,8 +36,8 @@ Persistence and the crash guarantee (the SQLite file `state_path`, `gateway.aler
 2. A full engine snapshot (alerts, `for N windows` counts, stale bookkeeping and every open
    window) is saved every `snapshot_interval_s` when something changed — preferably in a
    lull between window closes, less often when it is expensive (`snapshot_cpu_share`) —
-   and at shutdown.  The engine's state is copied on the loop (`AlertEngine.capture`, a
-   few ms; nothing is paused) and the snapshot built, encoded and written on the store
+   and at shutdown.  The engine's state is copied on the loop (`AlertEngine.capture`, about a
+   µs per window series and open pane: ~70 ms for 10,000 devices with the shipped windows) and the snapshot built, encoded and written on the store
    thread.  It records the last outbox row it includes.
 3. On start the engine is restored from that snapshot with the outbox rows committed after
    it replayed onto it (`gateway.alerts.journal`).  So a restart neither forgets a firing
@@ -454,8 +454,8 @@ class AlertService:
     async def commit(self, snapshot: bool = False) -> int:
         """Make every transition produced so far durable, then hand them to the channels and
         the log.  With `snapshot`, also save a full engine snapshot that includes exactly
-        those transitions: the engine's state is copied together with taking the batch (a
-        few ms on the loop, nothing paused), and the snapshot is built, encoded and written
+        those transitions: the engine's state is copied together with taking the batch (about a
+        µs per window series and open pane, on the loop), and the snapshot is built, encoded and written
         after the batch's commit, off the loop — recording the batch's last outbox id, so
         transitions committed meanwhile are replayed onto it after a restart.  Returns the
         number of transitions committed."""
