@@ -3,9 +3,10 @@
 
 Why two steps: building and encoding the full snapshot takes longer than the copy, which is
 all the engine waits for — per window series and open pane its counters and value count
-(`edge.windows.state`; about a µs each, ~70 ms for 10,000 devices with the shipped windows),
-the alert bodies, the `for N windows` counts, the stale bookkeeping (immutable entries: dict
-copies).  The snapshot is exactly the engine's state at the moment of the copy.  `AlertEngine.snapshot()` is `capture().to_dict()`.
+(`edge.windows.state`; about a µs per open pane, ~60 ms for 10,000 devices with the shipped
+windows), the alert bodies, the `for N windows` counts, the stale bookkeeping (immutable
+entries: dict copies).  The snapshot is exactly the engine's state at the moment of the
+copy.  `AlertEngine.snapshot()` is `capture().to_dict()`.
 """
 
 from __future__ import annotations

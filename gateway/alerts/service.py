@@ -36,9 +36,10 @@ Persistence and the crash guarantee (the SQLite file `state_path`, `gateway.aler
 2. A full engine snapshot (alerts, `for N windows` counts, stale bookkeeping and every open
    window) is saved every `snapshot_interval_s` when something changed — preferably in a
    lull between window closes, less often when it is expensive (`snapshot_cpu_share`) —
-   and at shutdown.  The engine's state is copied on the loop (`AlertEngine.capture`, about a
-   µs per window series and open pane: ~70 ms for 10,000 devices with the shipped windows) and the snapshot built, encoded and written on the store
-   thread.  It records the last outbox row it includes.
+   and at shutdown.  The engine's state is copied on the loop (`AlertEngine.capture`, about
+   a µs per open window pane: ~60 ms for 10,000 devices with the shipped windows) and the
+   snapshot built, encoded and written on the store thread.  It records the last outbox row
+   it includes.
 3. On start the engine is restored from that snapshot with the outbox rows committed after
    it replayed onto it (`gateway.alerts.journal`).  So a restart neither forgets a firing
    alert nor fires it twice: every committed firing, acknowledgement and resolution is in

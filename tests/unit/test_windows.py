@@ -218,7 +218,7 @@ def test_state_with_sliding_panes_continues_exactly_through_msgpack() -> None:
     first, _ = run(w, readings[:60], settle=False)
     state = msgpack.unpackb(msgpack.packb(w.to_state()))
     assert state["layout"] == 2 and sorted(state["keys"]) == ["a", "b", "c"]
-    assert len(array("q", state["pane_ints"])) > 4 * 3  # several open panes per series
+    assert len(array("q", state["pane_series"])) > 3  # several open panes per series
     w2 = Windower.from_state(w.spec, state, now_ms=readings[59].ts_ms)
     rest, _ = run(w2, readings[60:])
     assert _results(first + rest) == _results(whole)
@@ -243,7 +243,9 @@ def test_state_written_in_the_other_byte_order_restores_the_same() -> None:
     run(w, readings[:30], settle=False)
     state = w.to_state()
     swapped = dict(state, byteorder="big" if sys.byteorder == "little" else "little")
-    for name, kind in (("series_ints", "q"), ("pane_ints", "q"), ("pane_bmin", "d"),
+    for name, kind in (("max_ts", "q"), ("next_k", "q"), ("last_arrival", "q"),
+                       ("late", "q"), ("pane_series", "q"), ("pane_index", "q"),
+                       ("pane_count", "q"), ("pane_late", "q"), ("pane_bmin", "d"),
                        ("ts", "q"), ("vals", "d")):
         arr = array(kind, state[name])
         arr.byteswap()
@@ -260,24 +262,24 @@ def test_a_layout_1_state_saved_by_an_older_gateway_still_restores() -> None:
     w = _sliding()
     first, _ = run(w, readings[:40], settle=False)
     new = w.to_state()
-    sints, pints = array("q", new["series_ints"]), array("q", new["pane_ints"])
-    ts, vals, bmin = array("q", new["ts"]), array("d", new["vals"]), array("d", new["pane_bmin"])
-    series, offset = [], 0
+    col = {name: array("d" if name in ("vals", "pane_bmin") else "q", new[name])
+           for name in ("max_ts", "next_k", "last_arrival", "late", "pane_series",
+                        "pane_index", "pane_count", "pane_late", "pane_bmin", "ts", "vals")}
+    series = []
     for i, key in enumerate(new["keys"]):
-        max_ts, next_k, last_arrival, late = sints[4 * i:4 * i + 4]
         device_id, unit, facility, line, zone = new["tags"][i]
         panes = []
-        for j in range(len(bmin)):
-            si, p, n, pane_late = pints[4 * j:4 * j + 4]
+        for j, si in enumerate(col["pane_series"]):
             if si == i:
-                start = sum(pints[4 * k + 2] for k in range(j))
-                panes.append([p, ts[start:start + n].tolist(), vals[start:start + n].tolist(),
-                              pane_late, None if bmin[j] != bmin[j] else bmin[j]])
-        series.append({"key": key, "measurement": new["measurements"][i], "max_ts": max_ts,
-                       "next_k": next_k, "last_arrival": last_arrival, "late": late,
+                start, n, b = sum(col["pane_count"][:j]), col["pane_count"][j], col["pane_bmin"][j]
+                panes.append([col["pane_index"][j], col["ts"][start:start + n].tolist(),
+                              col["vals"][start:start + n].tolist(), col["pane_late"][j],
+                              None if b != b else b])
+        series.append({"key": key, "measurement": new["measurements"][i],
+                       "max_ts": col["max_ts"][i], "next_k": col["next_k"][i],
+                       "last_arrival": col["last_arrival"][i], "late": col["late"][i],
                        "last": {"device_id": device_id, "unit": unit, "facility": facility,
                                 "line": line, "zone": zone}, "panes": panes})
-        offset += 1
     old = json.loads(json.dumps({"spec": new["spec"], "counters": new["counters"],
                                  "series": series}))
     w2 = Windower.from_state(w.spec, old, now_ms=readings[39].ts_ms)

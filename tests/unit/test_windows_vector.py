@@ -280,7 +280,9 @@ def test_capture_is_the_state_at_capture_time() -> None:
     w.advance(BASE_MS + 12_000)                  # the captured pane closed since
     assert cap.to_state() == want
     assert want["keys"] == ["d"]
-    assert array("q", want["pane_ints"]).tolist() == [0, (BASE_MS + 1000) // 10_000, 1, 0]
+    assert [array("q", want[name]).tolist() for name in (
+        "pane_series", "pane_index", "pane_count", "pane_late")] == [
+        [0], [(BASE_MS + 1000) // 10_000], [1], [0]]
     assert array("q", want["ts"]).tolist() == [BASE_MS + 1000]
     assert array("d", want["vals"]).tolist() == [1.0]
     assert array("d", want["pane_bmin"]).tolist() == [3.5]
