@@ -194,14 +194,12 @@ def drop_series(state: dict[str, Any], keys: Collection[str]) -> None:
     keep = [k not in keys for k in state["keys"]]
     if all(keep):
         return
-    c = _unpack(state)
-    position: dict[int, int] = {}
-    for old, kept in enumerate(keep):
-        if kept:
-            position[old] = len(position)
+    c = _unpack(state)  # native byte order from here on
     out: dict[str, array] = {name: array(kind) for name, kind in _PACKED.items()}
+    position: dict[int, int] = {}  # old series index -> new, for the series kept
     for i, kept in enumerate(keep):
         if kept:
+            position[i] = len(position)
             for name in SERIES_COLUMNS:
                 out[name].append(c[name][i])
     offset = 0
@@ -217,6 +215,5 @@ def drop_series(state: dict[str, Any], keys: Collection[str]) -> None:
     for name in ("keys", "measurements", "tags"):
         state[name] = [v for v, kept in zip(state[name], keep, strict=True) if kept]
     for name, column in out.items():
-        if state["byteorder"] != sys.byteorder:
-            column.byteswap()
         state[name] = column.tobytes()
+    state["byteorder"] = sys.byteorder

@@ -382,8 +382,8 @@ class Windower:
         return out
 
     def capture(self) -> WindowerCapture:
-        """A copy of every series' state (`edge.windows.state`): a few array appends per
-        series, no values copied."""
+        """A copy of every series' state (`edge.windows.state`): one C-level pass per
+        column, no values copied."""
         return capture_windower(self)
 
     def to_state(self) -> dict[str, Any]:
